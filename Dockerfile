@@ -1,0 +1,22 @@
+# CPU image: the babelrag package and CLI. The LLM runs elsewhere (a vLLM server reached
+# through BABELRAG_LLM_BASE_URL); GPU and compose files come later.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+
+# CPU torch first, so sentence-transformers does not pull a CUDA build.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+COPY pyproject.toml README.md ./
+COPY rag ./rag
+COPY ingestion ./ingestion
+COPY ui ./ui
+COPY configs ./configs
+RUN pip install .
+
+# Knowledge bases live in a volume; models are hub ids or folders mounted at /models.
+ENV BABELRAG_STORE_PATH=/data/chroma
+VOLUME ["/data"]
+ENTRYPOINT ["babelrag"]
+CMD ["--help"]

@@ -1,0 +1,147 @@
+"""Chunker stage: Document -> token-bounded Chunks with character spans.
+
+Sentences are found by script-aware rules (CJK full stops need no following space; Thai has
+no sentence punctuation, so a space between Thai letters ends a sentence), then packed up to
+``max_tokens`` tokens of the embedding model's tokenizer, with about ``overlap_tokens`` of
+trailing sentences repeated at the start of the next chunk. A sentence longer than the budget
+is cut at token boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from rag.config import ChunkingConfig
+from rag.types import Chunk, Document
+
+# A sentence ends after terminal punctuation (Latin, Devanagari danda, Arabic, CJK, ellipsis)
+# plus closing quotes/brackets, followed by whitespace -- or at once for CJK full-width marks;
+# or at a line break; or at a space between two Thai letters.
+_BOUNDARY = re.compile(
+    r"(?<=[.!?।॥؟۔…])[\"'”’»)\]]*\s+"
+    r"|(?<=[。！？])[」』”’）]*\s*"
+    r"|\s*\n\s*"
+    r"|(?<=[\u0E00-\u0E7F])[ \t]+(?=[\u0E00-\u0E7F])"
+)
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence in ``text``, whitespace trimmed, empty ones dropped."""
+    spans, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        spans.append((start, m.start() if m.group().strip() == "" else m.end()))
+        start = m.end()
+    spans.append((start, len(text)))
+    out = []
+    for s, e in spans:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+class TokenSpans(Protocol):
+    def __call__(self, text: str) -> list[tuple[int, int]]:
+        """Character (start, end) of each token of ``text``."""
+        ...
+
+
+@runtime_checkable
+class Chunker(Protocol):
+    def chunk(self, document: Document) -> list[Chunk]: ...
+
+
+class SentenceChunker:
+    """Packs sentences into chunks of at most ``max_tokens`` tokens of ``token_spans``."""
+
+    def __init__(
+        self,
+        token_spans: TokenSpans,
+        config: ChunkingConfig | None = None,
+        detect_language: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.config = config or ChunkingConfig()
+        self.token_spans = token_spans
+        self.detect_language = detect_language
+
+    def _pieces(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, tokens) for each sentence, long sentences cut into token windows."""
+        budget = self.config.max_tokens
+        pieces = []
+        for s, e in sentence_spans(text):
+            offsets = self.token_spans(text[s:e])
+            if len(offsets) <= budget:
+                pieces.append((s, e, max(len(offsets), 1)))
+                continue
+            for i in range(0, len(offsets), budget):
+                window = offsets[i : i + budget]
+                ws = s + window[0][0]
+                we = s + (offsets[i + budget][0] if i + budget < len(offsets) else e - s)
+                pieces.append((ws, we, len(window)))
+        return pieces
+
+    def chunk(self, document: Document) -> list[Chunk]:
+        text = document.text
+        pieces = self._pieces(text)
+        groups: list[list[tuple[int, int, int]]] = []
+        current: list[tuple[int, int, int]] = []
+        tokens = 0
+        for piece in pieces:
+            if current and tokens + piece[2] > self.config.max_tokens:
+                groups.append(current)
+                current, tokens = self._overlap(current, piece[2])
+            current.append(piece)
+            tokens += piece[2]
+        if current:
+            groups.append(current)
+        chunks = []
+        for index, group in enumerate(groups):
+            start, end = group[0][0], group[-1][1]
+            body = text[start:end]
+            chunks.append(
+                Chunk(
+                    id=chunk_id(document.source, start, end, body),
+                    text=body,
+                    source=document.source,
+                    index=index,
+                    start=start,
+                    end=end,
+                    language=self.detect_language(body) if self.detect_language else None,
+                    doc_hash=document.content_hash,
+                    title=document.title,
+                )
+            )
+        return chunks
+
+    def _overlap(self, previous: Sequence[tuple[int, int, int]], next_tokens: int) -> tuple[list, int]:
+        """Trailing sentences of ``previous`` worth at most overlap_tokens, leaving room for the next."""
+        room = min(self.config.overlap_tokens, self.config.max_tokens - next_tokens)
+        kept: list[tuple[int, int, int]] = []
+        tokens = 0
+        for piece in reversed(previous[1:]):  # never repeat a whole chunk
+            if tokens + piece[2] > room:
+                break
+            kept.insert(0, piece)
+            tokens += piece[2]
+        return kept, tokens
+
+
+def chunk_id(source: str, start: int, end: int, text: str) -> str:
+    """Deterministic id from where the chunk is and what it says."""
+    return hashlib.sha256(f"{source}\x00{start}\x00{end}\x00{text}".encode()).hexdigest()[:32]
+
+
+def tokenizer_spans(tokenizer) -> TokenSpans:
+    """A TokenSpans backed by a Hugging Face fast tokenizer's offset mapping."""
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(o) for o in enc["offset_mapping"]]
+
+    return spans

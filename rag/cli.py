@@ -1,0 +1,208 @@
+"""`babelrag` command line: ingestion jobs, search, ask, and the vLLM server.
+
+Expected failures (BabelRAGError) print one line and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rag.config import Settings, load_settings
+from rag.errors import BabelRAGError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="BabelRAG: multilingual two-stage RAG.")
+llm_app = typer.Typer(no_args_is_help=True, help="Run vLLM's OpenAI-compatible server for the configured model.")
+app.add_typer(llm_app, name="llm")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", envvar="BABELRAG_CONFIG", help="YAML settings file (configs/*.yaml).")
+]
+CollectionOpt = Annotated[Optional[str], typer.Option("--collection", "-c", help="Knowledge base (collection) name.")]
+ChromaUrlOpt = Annotated[
+    Optional[str], typer.Option("--chroma-url", help="Chroma server URL; default is the embedded store.")
+]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="How many chunks to return / cite.")]
+RerankerOpt = Annotated[
+    Optional[str], typer.Option("--reranker", help="none | cross-encoder | llm-listwise (default from config).")
+]
+LangFilterOpt = Annotated[Optional[str], typer.Option("--lang", help="Only chunks in this language (ISO 639-1).")]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(config, **overrides)
+
+
+def _pipeline(settings: Settings):
+    from rag.pipeline import Pipeline  # heavy imports only for commands that need them
+
+    return Pipeline(settings)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
+    collection: CollectionOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest files into a knowledge base: new files added, changed ones replaced, unchanged skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    rag = _pipeline(settings)
+    with Progress(
+        TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, path: Path) -> None:
+            bar.update(task, completed=done, total=total, description=path.name)
+
+        report = rag.ingest(paths, settings.store.collection, progress=progress)
+    out.print(
+        f"collection [bold]{report.collection}[/]: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed; "
+        f"{report.chunks_written} chunks written, {report.chunks_deleted} deleted"
+    )
+    for failure in report.failed:
+        err.print(f"failed: {failure.reason}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The question or keywords, in any language.")],
+    collection: CollectionOpt = None,
+    top_k: TopKOpt = None,
+    reranker: RerankerOpt = None,
+    lang: LangFilterOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the best chunks for a query (retrieval and reranking, no LLM answer)."""
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    hits = _pipeline(settings).retrieve(
+        query, top_k=top_k, reranker=reranker, where={"language": lang} if lang else None
+    )
+    table = Table("#", "score", "lang", "file", "text")
+    for i, hit in enumerate(hits, 1):
+        text = " ".join(hit.chunk.text.split())
+        table.add_row(str(i), f"{hit.score:.3f}", hit.chunk.language or "?", hit.chunk.file_name, text[:120])
+    out.print(table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question in any language.")],
+    collection: CollectionOpt = None,
+    top_k: TopKOpt = None,
+    reranker: RerankerOpt = None,
+    answer_language: Annotated[
+        Optional[str], typer.Option("--answer-language", help="Force the answer language (ISO 639-1).")
+    ] = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Answer a question from a knowledge base, streaming, then list the numbered sources."""
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    stream = _pipeline(settings).stream(question, top_k=top_k, reranker=reranker, language=answer_language)
+    for piece in stream:
+        out.print(piece, end="", soft_wrap=True)
+        out.file.flush()
+    answer = stream.answer()
+    out.print()
+    out.print(f"\n[dim]question language: {answer.question_language or '?'} · answer language: {answer.language or '?'}[/]")
+    out.print("[bold]Sources[/]")
+    for c in answer.citations:
+        mark = "*" if c.cited else " "
+        out.print(
+            f"{mark}[{c.number}] {c.chunk.file_name}  lang={c.chunk.language or '?'}  "
+            f"chars {c.chunk.start}-{c.chunk.end}  score={c.hit.score:.3f}  {c.chunk.source}"
+        )
+
+
+@app.command()
+def collections(chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None) -> None:
+    """List knowledge bases with their chunk counts and embedding models."""
+    settings = _settings(config, store={"url": chroma_url})
+    table = Table("collection", "chunks", "embedding model")
+    for info in _pipeline(settings).collections():
+        table.add_row(info.name, str(info.count), info.embedding_model or "?")
+    out.print(table)
+
+
+@llm_app.command("serve")
+def llm_serve(
+    port: Annotated[Optional[int], typer.Option(help="Port to serve on.")] = None,
+    python: Annotated[Optional[str], typer.Option(help="Python interpreter that has vLLM.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="auto | cpu | gpu (flags from config).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model id or folder (default llm.model).")] = None,
+    detach: Annotated[bool, typer.Option(help="Return once ready; stop with `babelrag llm stop`.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Start vLLM's OpenAI server for the configured model; wait until ready; print the base URL."""
+    from rag import llm_server
+
+    settings = _settings(config, vllm={"port": port, "python": python, "profile": profile}, llm={"model": model})
+    err.print(f"starting vLLM for {settings.llm.model} (profile {settings.vllm.resolved_profile()}) ...")
+    proc, command, log_file = llm_server.start(settings, detach=detach)
+    out.print(f"ready: BABELRAG_LLM_BASE_URL={command.base_url}  model={settings.llm.model}  pid={proc.pid}")
+    if detach:
+        err.print(f"log: {log_file}; stop it with `babelrag llm stop --port {settings.vllm.port}`")
+        return
+    err.print(f"log: {log_file}; Ctrl-C stops it")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        llm_server.stop(settings)
+    raise typer.Exit(proc.returncode or 0)
+
+
+@llm_app.command("stop")
+def llm_stop(
+    port: Annotated[Optional[int], typer.Option(help="Port of the server to stop.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop a server started with `babelrag llm serve --detach`."""
+    from rag import llm_server
+
+    settings = _settings(config, vllm={"port": port})
+    stopped = llm_server.stop(settings)
+    out.print(f"stopped vLLM on port {settings.vllm.port}" if stopped else f"no vLLM running on port {settings.vllm.port}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except BabelRAGError as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""One validated settings model for every stage.
+
+Precedence, highest first: explicit overrides (CLI flags, ``load_settings(**overrides)``),
+environment variables ``BABELRAG_<SECTION>_<FIELD>`` (e.g. ``BABELRAG_EMBEDDING_MODEL``,
+``BABELRAG_LLM_BASE_URL``, ``BABELRAG_VLLM_PYTHON``), the YAML file, then the defaults below,
+which are the real model ids a user with internet access gets. ``configs/default.yaml`` spells
+those defaults out; a local folder works wherever a model id does.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from rag.errors import ConfigError
+
+# Chroma's own rule for collection names; checked here so the message can say what to do.
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbeddingConfig(_Section):
+    model: str = "intfloat/multilingual-e5-small"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps", or "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # bf16 ~2.3x fp32 on CPU here
+    batch_size: int = Field(32, ge=1)
+    # Model-specific prompts live here, not at call sites: E5 wants "query: "/"passage: ",
+    # bge-m3 wants none (set both to ""). None uses the prompts saved with the model.
+    query_prompt: str | None = "query: "
+    document_prompt: str | None = "passage: "
+
+
+class StoreConfig(_Section):
+    path: Path = Path(".babelrag/chroma")  # embedded PersistentClient folder
+    url: str | None = None  # e.g. http://127.0.0.1:8000 -> HttpClient to a `chroma run` server
+    collection: str = "default"
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, v: str) -> str:
+        return validate_collection_name(v)
+
+
+class ChunkingConfig(_Section):
+    max_tokens: int = Field(128, ge=16)  # measured with the embedding model's tokenizer
+    overlap_tokens: int = Field(16, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> ChunkingConfig:
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
+class IngestionConfig(_Section):
+    extensions: list[str] = [".txt", ".md"]
+    max_file_mb: float = Field(50, gt=0)
+
+
+class LanguageConfig(_Section):
+    # ISO 639-1 codes lingua may answer with; None means all 75 it knows (18 s and 1.1 GB on
+    # first use here, against 8 s and 0.5 GB for this list).
+    languages: list[str] | None = (
+        "en de fr es it pt nl sv da nb fi pl cs hu ro el tr ru uk ar fa he hi bn ur ta zh ja ko th vi id".split()
+    )
+    low_accuracy: bool = False  # faster and leaner, but wrong on very short text
+
+
+class RetrievalConfig(_Section):
+    top_k: int = Field(5, ge=1)
+    candidates: int = Field(20, ge=1)  # first-stage hits handed to the reranker
+
+
+class RerankerConfig(_Section):
+    kind: Literal["none", "cross-encoder", "llm-listwise"] = "none"
+    model: str = "BAAI/bge-reranker-v2-m3"  # cross-encoder id or folder
+    device: str = "cpu"
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(512, ge=16)
+
+
+class LLMConfig(_Section):
+    base_url: str = "http://127.0.0.1:8011/v1"  # an OpenAI-compatible server, e.g. vLLM
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    api_key: str = "EMPTY"
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(512, ge=1)
+    timeout_s: float = Field(120, gt=0)
+    max_retries: int = Field(1, ge=0)
+    # Server-specific sampling options passed through as-is, e.g. vLLM's repetition_penalty.
+    extra_body: dict[str, Any] = {}
+
+
+class VLLMProfile(_Section):
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class VLLMConfig(_Section):
+    """How `babelrag llm serve` starts vLLM's OpenAI server for ``llm.model``."""
+
+    python: str = "python3"  # an interpreter that has vLLM, e.g. a separate venv
+    host: str = "127.0.0.1"
+    port: int = Field(8011, ge=1, le=65535)
+    profile: str = "auto"  # "auto": gpu when nvidia-smi is on PATH, else cpu
+    profiles: dict[str, VLLMProfile] = {
+        "gpu": VLLMProfile(),  # vLLM's defaults
+        "cpu": VLLMProfile(
+            args=["--dtype", "bfloat16", "--max-model-len", "4096", "--enforce-eager"],
+            env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        ),
+    }
+    extra_args: list[str] = []
+    startup_timeout_s: float = Field(300, gt=0)
+    run_dir: Path = Path(".babelrag/run")  # pid and log files of detached servers
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> VLLMConfig:
+        if self.profile != "auto" and self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of auto, {', '.join(self.profiles)}")
+        return self
+
+    def resolved_profile(self) -> str:
+        if self.profile != "auto":
+            return self.profile
+        return "gpu" if shutil.which("nvidia-smi") else "cpu"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BABELRAG_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    store: StoreConfig = StoreConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    ingestion: IngestionConfig = IngestionConfig()
+    language: LanguageConfig = LanguageConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    reranker: RerankerConfig = RerankerConfig()
+    llm: LLMConfig = LLMConfig()
+    vllm: VLLMConfig = VLLMConfig()
+
+
+def validate_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.match(name):
+        raise ValueError(
+            f"collection name {name!r} is not valid: use 3-512 characters from letters, digits, '.', '_' "
+            "and '-', starting and ending with a letter or digit (e.g. 'handbook')"
+        )
+    return name
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (YAML) under env vars under ``overrides`` (nested dicts by section).
+
+    Raises ConfigError naming the file and the bad field.
+    """
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            file_values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}; pass an existing YAML file") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}".replace("\n", " ")) from e
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(file_values).__name__}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                _KnownFieldsEnvSource(settings_cls),
+                InitSettingsSource(settings_cls, init_kwargs=file_values),
+            )
+
+    try:
+        loaded = _FromFile(**_drop_none(overrides))
+    except ValidationError as e:
+        where = f"config file {path} / environment" if path else "environment / arguments"
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid settings ({where}): {problems}") from e
+    return loaded
+
+
+class _KnownFieldsEnvSource(EnvSettingsSource):
+    """Environment variables that name a field; other BABELRAG_* variables are left alone.
+
+    Tools beside BabelRAG export their own (provision.sh sets BABELRAG_LLM_GGUF and
+    BABELRAG_CACHE), so unknown names must not fail, while a typo in YAML still does.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for section, value in list(values.items()):
+            field = Settings.model_fields.get(section)
+            if field is None:
+                del values[section]
+            elif isinstance(value, dict) and isinstance(field.annotation, type):
+                known = field.annotation.model_fields
+                values[section] = {k: v for k, v in value.items() if k in known}
+        return values
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    """CLI flags left unset arrive as None; they must not override lower layers."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out

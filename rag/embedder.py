@@ -1,0 +1,106 @@
+"""Embedding stage: texts -> unit vectors, with explicit query vs document prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from rag.config import EmbeddingConfig
+from rag.errors import ModelNotFoundError
+from rag.models import missing_model, resolve_model
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers bi-encoder (multilingual-e5, bge-m3, ...). Loads in ``warm_up``."""
+
+    def __init__(self, config: EmbeddingConfig | None = None) -> None:
+        self.config = config or EmbeddingConfig()
+        self._model = None
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model
+
+    @property
+    def model(self):  # the loaded SentenceTransformer
+        if self._model is None:
+            self.warm_up()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input the model reads, prompt included; longer text is truncated."""
+        return int(self.model.max_seq_length)
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        name = resolve_model(self.config.model, role="embedding", setting="BABELRAG_EMBEDDING_MODEL")
+        import torch
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            model = SentenceTransformer(
+                name, device=device, model_kwargs={"dtype": getattr(torch, self.config.dtype)}
+            )
+        except (OSError, ValueError) as e:
+            raise missing_model(
+                self.config.model, role="embedding", setting="BABELRAG_EMBEDDING_MODEL", why=str(e).splitlines()[0]
+            ) from e
+        self._model = model
+
+    def _encode(self, texts: Sequence[str], prompt: str | None, *, query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        encode = self.model.encode_query if query else self.model.encode_document
+        kwargs = {} if prompt is None else {"prompt": prompt}
+        vectors = encode(
+            list(texts),
+            batch_size=self.config.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            **kwargs,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, self.config.query_prompt, query=True)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, self.config.document_prompt, query=False)
+
+    @property
+    def dimension(self) -> int:
+        dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+        if dim is None:
+            dim = self.model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise ModelNotFoundError(f"embedding model {self.config.model!r} does not report its dimension")
+        return int(dim)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

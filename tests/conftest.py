@@ -1,0 +1,57 @@
+"""Shared fixtures. Model-backed tests read model folders through BabelRAG's own env
+overrides (BABELRAG_EMBEDDING_MODEL, BABELRAG_LLM_MODEL, BABELRAG_VLLM_PYTHON); without them
+they skip, unless BABELRAG_REQUIRE_MODELS=1 (CI), where a missing model is a failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from rag.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def need_env(*names: str) -> None:
+    missing = [n for n in names if not os.environ.get(n)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not set; run shared/models/provision.sh and source its env.sh"
+    if os.environ.get("BABELRAG_REQUIRE_MODELS") == "1":
+        pytest.fail(f"BABELRAG_REQUIRE_MODELS=1 but {message}")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_settings() -> Settings:
+    """Settings for this machine's local models (configs/cpu-small.yaml + env)."""
+    need_env("BABELRAG_EMBEDDING_MODEL")
+    return load_settings(ROOT / "configs" / "cpu-small.yaml")
+
+
+@pytest.fixture(scope="session")
+def embedder(model_settings):
+    from rag.embedder import SentenceTransformerEmbedder
+
+    e = SentenceTransformerEmbedder(model_settings.embedding)
+    e.warm_up()
+    return e
+
+
+@pytest.fixture(scope="session")
+def language():
+    from rag.language import LinguaIdentifier
+
+    lid = LinguaIdentifier()
+    lid.warm_up()
+    return lid

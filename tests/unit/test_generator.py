@@ -1,0 +1,51 @@
+import pytest
+
+from rag.config import LLMConfig
+from rag.errors import GenerationError
+from rag.generator import LLMClient, build_messages
+from tests.conftest import free_port
+from tests.helpers import FakeServer, hit, reply
+
+MESSAGES = [{"role": "user", "content": "Hallo?"}]
+
+
+def client(url: str, **kw) -> LLMClient:
+    return LLMClient(LLMConfig(base_url=url, model="m", max_retries=0, **kw))
+
+
+def test_server_down_says_how_to_start_one():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(GenerationError, match=r"cannot reach the LLM server at .*babelrag llm serve"):
+        client(url).chat(MESSAGES)
+
+
+def test_http_500_names_status_and_server():
+    with FakeServer(reply(500, {"error": {"message": "engine died"}})) as server:
+        with pytest.raises(GenerationError, match=r"answered HTTP 500 .*engine died"):
+            client(server.url).chat(MESSAGES)
+
+
+def test_timeout_names_the_setting():
+    with FakeServer(reply(200, {}, delay_s=3)) as server:
+        with pytest.raises(GenerationError, match=r"did not answer within 0.5 s; raise llm.timeout_s"):
+            client(server.url, timeout_s=0.5).chat(MESSAGES)
+
+
+def test_unknown_model_lists_the_served_ones():
+    def respond(handler):
+        if handler.command == "GET":
+            reply(200, {"object": "list", "data": [{"id": "served-a", "object": "model"}]})(handler)
+        else:
+            reply(404, {"error": {"message": "The model `m` does not exist."}})(handler)
+
+    with FakeServer(respond) as server:
+        with pytest.raises(GenerationError, match=r"does not serve model 'm' \(served: served-a\)"):
+            client(server.url).chat(MESSAGES)
+
+
+def test_prompt_numbers_sources_and_names_the_language_twice():
+    messages = build_messages("Wie viele Tage?", [hit("26 日"), hit("30 days")], language="de")
+    user = messages[-1]["content"]
+    assert "[1] 26 日" in user and "[2] 30 days" in user
+    assert "Answer in German (Deutsch). Antworte auf Deutsch." in user
+    assert "Answer in German" in messages[0]["content"]
