@@ -38,7 +38,7 @@ def main() -> int:
         rag.llm.served_models()
     except GenerationError:
         print(f"no LLM server at {settings.llm.base_url}; starting vLLM for {settings.llm.model} ...", flush=True)
-        started = llm_server.start(settings, detach=True)
+        started = llm_server.start(settings)
     try:
         questions = yaml.safe_load((HERE / "questions.yaml").read_text(encoding="utf-8"))[: args.questions]
         for q in questions:

@@ -156,7 +156,7 @@ def llm_serve(
 
     settings = _settings(config, vllm={"port": port, "python": python, "profile": profile}, llm={"model": model})
     err.print(f"starting vLLM for {settings.llm.model} (profile {settings.vllm.resolved_profile()}) ...")
-    proc, command, log_file = llm_server.start(settings, detach=detach)
+    proc, command, log_file = llm_server.start(settings)
     out.print(f"ready: BABELRAG_LLM_BASE_URL={command.base_url}  model={settings.llm.model}  pid={proc.pid}")
     if detach:
         err.print(f"log: {log_file}; stop it with `babelrag llm stop --port {settings.vllm.port}`")

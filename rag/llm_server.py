@@ -59,8 +59,8 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def start(settings: Settings, *, detach: bool) -> tuple[subprocess.Popen, ServerCommand, Path]:
-    """Start vLLM and wait until it serves ``llm.model``. Detached servers get their own session."""
+def start(settings: Settings) -> tuple[subprocess.Popen, ServerCommand, Path]:
+    """Start vLLM in its own session and wait until it serves ``llm.model``; stop() ends it."""
     command = vllm_command(settings)
     v = settings.vllm
     python = command.argv[0]
