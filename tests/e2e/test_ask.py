@@ -25,7 +25,7 @@ def served(tmp_path_factory):
         "BABELRAG_STORE_PATH": str(tmp_path_factory.mktemp("chroma")),
         "BABELRAG_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
     }
-    started = run("llm", "serve", "--detach", "--port", str(port), "--config", CONFIG, env=env, timeout=600)
+    started = run("llm", "serve", "--detach", "--port", str(port), "--config", CONFIG, env=env, timeout=960)
     assert started.returncode == 0, started.stderr
     assert f"BABELRAG_LLM_BASE_URL=http://127.0.0.1:{port}/v1" in started.stdout
     try:
