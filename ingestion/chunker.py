@@ -9,9 +9,11 @@ is cut at token boundaries.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from rag.config import ChunkingConfig
@@ -56,9 +58,21 @@ class TokenSpans(Protocol):
 class Chunker(Protocol):
     def chunk(self, document: Document) -> list[Chunk]: ...
 
+    @property
+    def fingerprint(self) -> dict[str, str | int]:
+        """The settings chunk boundaries depend on; a change means a collection rebuild."""
+        ...
+
 
 class SentenceChunker:
-    """Packs sentences into chunks of at most ``max_tokens`` tokens of ``token_spans``."""
+    """Packs sentences into chunks of at most ``max_tokens`` tokens of ``token_spans``.
+
+    Each chunk carries its document's title, the heading of the section it starts in and, for
+    paged documents, the page it starts on; ``detect_language`` labels every chunk, so a
+    mixed-language document gets per-chunk languages.
+    """
+
+    version = "sentence/2"  # bump when boundaries or ids change for the same settings
 
     def __init__(
         self,
@@ -69,6 +83,14 @@ class SentenceChunker:
         self.config = config or ChunkingConfig()
         self.token_spans = token_spans
         self.detect_language = detect_language
+
+    @property
+    def fingerprint(self) -> dict[str, str | int]:
+        return {
+            "chunker": self.version,
+            "chunk_max_tokens": self.config.max_tokens,
+            "chunk_overlap_tokens": self.config.overlap_tokens,
+        }
 
     def _pieces(self, text: str) -> list[tuple[int, int, int]]:
         """(start, end, tokens) for each sentence, long sentences cut into token windows."""
@@ -104,19 +126,20 @@ class SentenceChunker:
         for index, group in enumerate(groups):
             start, end = group[0][0], group[-1][1]
             body = text[start:end]
-            chunks.append(
-                Chunk(
-                    id=chunk_id(document.source, start, end, body),
-                    text=body,
-                    source=document.source,
-                    index=index,
-                    start=start,
-                    end=end,
-                    language=self.detect_language(body) if self.detect_language else None,
-                    doc_hash=document.content_hash,
-                    title=document.title,
-                )
+            chunk = Chunk(
+                id="",
+                text=body,
+                source=document.source,
+                index=index,
+                start=start,
+                end=end,
+                language=self.detect_language(body) if self.detect_language else None,
+                doc_hash=document.content_hash,
+                title=document.title,
+                page=document.page_at(start),
+                section=document.heading_at(start),
             )
+            chunks.append(replace(chunk, id=chunk_id(chunk)))
         return chunks
 
     def _overlap(self, previous: Sequence[tuple[int, int, int]], next_tokens: int) -> tuple[list, int]:
@@ -132,16 +155,24 @@ class SentenceChunker:
         return kept, tokens
 
 
-def chunk_id(source: str, start: int, end: int, text: str) -> str:
-    """Deterministic id from where the chunk is and what it says."""
-    return hashlib.sha256(f"{source}\x00{start}\x00{end}\x00{text}".encode()).hexdigest()[:32]
+def chunk_id(chunk: Chunk) -> str:
+    """Deterministic id from where the chunk is and what the embedder reads of it: the same
+    chunk gets the same id in every run, and a chunk whose context changed gets a new one."""
+    key = "\x00".join(map(str, (chunk.source, chunk.start, chunk.end, chunk.page, chunk.embedding_text)))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def tokenizer_spans(tokenizer) -> TokenSpans:
-    """A TokenSpans backed by a Hugging Face fast tokenizer's offset mapping."""
+    """A TokenSpans backed by a Hugging Face fast tokenizer's offset mapping.
+
+    It works on a private copy: the job chunks in a background thread while the embedder
+    encodes with the same tokenizer, and a fast tokenizer's padding/truncation state is not
+    safe to share across threads ("Unable to create tensor" errors, seen here).
+    """
+    own = copy.deepcopy(tokenizer)
 
     def spans(text: str) -> list[tuple[int, int]]:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = own(text, add_special_tokens=False, return_offsets_mapping=True)
         return [tuple(o) for o in enc["offset_mapping"]]
 
     return spans

@@ -1,29 +1,59 @@
 """An ingestion job: files -> documents -> chunks -> embeddings -> store, incrementally.
 
-A file whose chunk ids are all in the collection already is skipped without embedding. For a
-changed file the new chunks are written first and the stale ones deleted after, so a crash
-in between leaves extra chunks that the next run removes, never a file with none. One bad
-file is recorded in the report and the job goes on.
+The collection's manifest (``VectorStore.manifest``) maps each source file to its content hash
+and chunk ids. A file whose hash matches a finished manifest entry is skipped without being
+parsed; a new or changed file is parsed, chunked and written; with ``prune``, files that were
+ingested from the given folders and are gone now are deleted.
+
+Crash safety: for every file the job writes, in this order, (1) a manifest entry with status
+"writing", (2) the chunks not already stored (ids are deterministic, so a re-run rewrites the
+same ids), (3) the deletion of the file's stale chunks, (4) the entry with status "done". A job
+killed at any point leaves a "writing" entry, which the next run treats as changed; it then
+finds the file's stored chunks by source, writes what is missing and deletes what is stale, so
+it converges to the chunks of an uninterrupted run. Chunks of a source are only ever written
+after its entry exists, so none can be orphaned.
+
+Loading and chunking run in a background thread, ahead of embedding; chunks from several
+files are embedded and upserted together in batches of ``ingestion.upsert_batch``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ingestion.chunker import Chunker
-from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load_document
+from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
 from rag.config import IngestionConfig
 from rag.embedder import Embedder
 from rag.errors import IngestionError
-from rag.store import VectorStore
+from rag.store import Fingerprint, ManifestEntry, VectorStore
+from rag.types import Chunk, Document
 
-Progress = Callable[[int, int, Path], None]  # (files done, files total, current file)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class FileFailure:
+class JobProgress:
+    files_done: int
+    files_total: int
+    chunks_written: int
+    current: str | None  # the file just finished
+
+
+Progress = Callable[[JobProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileIssue:
     path: str
     reason: str
 
@@ -34,13 +64,38 @@ class IngestReport:
     added: list[str] = field(default_factory=list)  # new files
     updated: list[str] = field(default_factory=list)  # changed files, chunks replaced
     unchanged: list[str] = field(default_factory=list)
-    failed: list[FileFailure] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # pruned: ingested before, gone now
+    missing: list[str] = field(default_factory=list)  # gone now, kept because prune was off
+    failed: list[FileIssue] = field(default_factory=list)
+    warnings: list[FileIssue] = field(default_factory=list)  # ingested, with a caveat
     chunks_written: int = 0
     chunks_deleted: int = 0
+    reindexed: bool = False
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["chunks_per_s"] = round(self.chunks_written / self.seconds, 2) if self.seconds else None
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report as JSON (atomically) and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def index_fingerprint(embedder: Embedder, chunker: Chunker) -> dict[str, str | int]:
+    """The settings a collection's vectors depend on; a change means a rebuild."""
+    return {**embedder.fingerprint, **chunker.fingerprint}
 
 
 def ingest_files(
@@ -52,40 +107,240 @@ def ingest_files(
     chunker: Chunker,
     config: IngestionConfig,
     loaders: Sequence[Loader] = DEFAULT_LOADERS,
+    prune: bool = False,
+    reindex: bool = False,
     progress: Progress | None = None,
 ) -> IngestReport:
-    files = discover(paths, config.extensions)
-    if not files:
-        raise IngestionError(
-            f"no files with extensions {', '.join(config.extensions)} under {', '.join(map(str, paths))}"
-        )
-    store.ensure_collection(collection, embedding_model=embedder.model_id, dimension=embedder.dimension)
+    started = time.perf_counter()
+    paths = [Path(p).expanduser() for p in paths]
+    files, unreachable = discover(paths, config.extensions)
     report = IngestReport(collection=collection)
-    for done, path in enumerate(files):
-        if progress:
-            progress(done, len(files), path)
-        try:
-            _ingest_one(path, collection, embedder, store, chunker, config, loaders, report)
-        except IngestionError as e:
-            report.failed.append(FileFailure(str(path), str(e)))
-    if progress:
-        progress(len(files), len(files), files[-1])
+    report.failed.extend(FileIssue(p, why) for p, why in unreachable)
+    if not files and not unreachable and not prune:
+        raise IngestionError(
+            f"no files with extensions {', '.join(config.extensions)} under {', '.join(map(str, paths))}; "
+            "pass other paths or add the extension to ingestion.extensions"
+        )
+    fingerprint: Fingerprint = index_fingerprint(embedder, chunker)
+    report.reindexed = store.ensure_collection(collection, fingerprint=fingerprint, reindex=reindex) and reindex
+    manifest = store.manifest(collection)
+
+    writer = _Writer(collection, embedder, store, config.upsert_batch, manifest, report, progress, len(files))
+    for item in _prepared(files, manifest, chunker, config, loaders):
+        writer.take(item)
+    writer.flush(everything=True)
+
+    gone = _gone(manifest, paths, set(map(str, files)) | {f.path for f in report.failed})
+    if prune:
+        for source in gone:
+            stored = store.chunk_ids_of_source(collection, source)
+            store.delete(collection, stored)
+            store.delete_manifest(collection, [source])
+            report.chunks_deleted += len(stored)
+            report.removed.append(source)
+    else:
+        report.missing.extend(gone)
+    report.seconds = time.perf_counter() - started
     return report
 
 
-def _ingest_one(path, collection, embedder, store, chunker, config, loaders, report: IngestReport) -> None:
-    document = load_document(path, config, loaders)
-    chunks = chunker.chunk(document)
-    stored = store.chunk_ids_of_source(collection, document.source)
-    wanted = {c.id for c in chunks}
-    if wanted == stored:
-        report.unchanged.append(document.source)
-        return
-    new = [c for c in chunks if c.id not in stored]
-    if new:
-        store.upsert(collection, new, embedder.embed_documents([c.embedding_text for c in new]))
-    stale = stored - wanted
-    store.delete(collection, stale)
-    report.chunks_written += len(new)
-    report.chunks_deleted += len(stale)
-    (report.updated if stored else report.added).append(document.source)
+# -- stage 1: load and chunk, in a background thread -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Unchanged:
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    document: Document
+    chunks: list[Chunk]
+    warnings: tuple[str, ...]
+
+
+_Item = _Unchanged | _Failed | _Parsed
+_DONE = object()
+
+
+def _prepared(files, manifest, chunker, config, loaders, lookahead: int = 8) -> Iterator[_Item]:
+    """Each file as _Unchanged, _Failed or _Parsed, prepared up to ``lookahead`` files ahead."""
+    out: queue.Queue = queue.Queue(maxsize=lookahead)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for path in files:
+                if stop.is_set():
+                    return
+                out.put(_prepare(path, manifest.get(str(path)), chunker, config, loaders))
+        finally:
+            out.put(_DONE)
+
+    thread = threading.Thread(target=work, name="ingest-prepare", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not _DONE:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def _prepare(path: Path, entry: ManifestEntry | None, chunker: Chunker, config, loaders) -> _Item:
+    source = str(path)
+    try:
+        if entry is not None and entry.done and entry.content_hash == _file_hash(path):
+            return _Unchanged(source)
+        document, warnings = load(path, config, loaders)
+        chunks = chunker.chunk(document)
+        if not chunks:
+            return _Failed(source, f"{path}: no chunk could be made of its text")
+        return _Parsed(replace(document, language=_main_language(chunks)), chunks, warnings)
+    except IngestionError as e:
+        return _Failed(source, str(e))
+    except OSError as e:
+        return _Failed(source, f"{path}: cannot read it ({e.strerror or e}); check it exists and is readable")
+    except Exception as e:  # a parser bug on one hostile file must not end the job
+        log.warning("unexpected error on %s", path, exc_info=True)
+        return _Failed(source, f"{path}: unexpected {type(e).__name__} while parsing it: {e}")
+
+
+def _file_hash(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _main_language(chunks: Sequence[Chunk]) -> str | None:
+    weights: Counter[str] = Counter()
+    for c in chunks:
+        if c.language:
+            weights[c.language] += len(c.text)
+    return weights.most_common(1)[0][0] if weights else None
+
+
+# -- stage 2: embed and write, batched across files --------------------------------------
+
+
+@dataclass(slots=True)
+class _Open:
+    """A file whose new chunks are not all written yet."""
+
+    parsed: _Parsed
+    stored: set[str]  # chunk ids of its source in the store when the job reached it
+    waiting: int  # new chunks not yet upserted
+    marked: bool = False  # its "writing" manifest entry is stored
+
+
+class _Writer:
+    def __init__(self, collection, embedder, store, batch, manifest, report, progress, total) -> None:
+        self.collection = collection
+        self.embedder: Embedder = embedder
+        self.store: VectorStore = store
+        self.batch = batch
+        self.manifest: dict[str, ManifestEntry] = manifest
+        self.report: IngestReport = report
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.pending: list[tuple[Chunk, _Open]] = []
+        self.open: list[_Open] = []
+
+    def take(self, item: _Item) -> None:
+        if isinstance(item, _Unchanged):
+            self.report.unchanged.append(item.source)
+            self._tick(item.source)
+        elif isinstance(item, _Failed):
+            self.report.failed.append(FileIssue(item.source, item.reason))
+            self._tick(item.source)
+        else:
+            source = item.document.source
+            self.report.warnings.extend(FileIssue(source, w) for w in item.warnings)
+            # A source without a manifest entry has no chunks: they are written after the entry.
+            stored = self.store.chunk_ids_of_source(self.collection, source) if source in self.manifest else set()
+            new = [c for c in item.chunks if c.id not in stored]
+            state = _Open(item, stored, len(new))
+            self.open.append(state)
+            self.pending.extend((c, state) for c in new)
+            self.flush()
+
+    def flush(self, *, everything: bool = False) -> None:
+        while len(self.pending) >= self.batch or (everything and self.pending):
+            batch, self.pending = self.pending[: self.batch], self.pending[self.batch :]
+            self._mark(list({id(o): o for _, o in batch if not o.marked}.values()))
+            chunks = [c for c, _ in batch]
+            self.store.upsert(self.collection, chunks, self.embedder.embed_documents([c.embedding_text for c in chunks]))
+            for _, state in batch:
+                state.waiting -= 1
+            self.report.chunks_written += len(chunks)
+            self._finish()
+        self._finish()
+
+    def _mark(self, states: list[_Open]) -> None:
+        now = time.time()
+        self.store.put_manifest(self.collection, [_entry(s.parsed, "writing", now) for s in states])
+        for s in states:
+            s.marked = True
+
+    def _finish(self) -> None:
+        """Delete stale chunks of the files whose new chunks are all written; mark them done."""
+        finished = [s for s in self.open if s.waiting == 0]
+        if not finished:
+            return
+        self._mark([s for s in finished if not s.marked])
+        stale = [i for s in finished for i in s.stored - {c.id for c in s.parsed.chunks}]
+        self.store.delete(self.collection, stale)
+        self.report.chunks_deleted += len(stale)
+        now = time.time()
+        self.store.put_manifest(self.collection, [_entry(s.parsed, "done", now) for s in finished])
+        self.open = [s for s in self.open if s.waiting > 0]
+        for s in finished:
+            source = s.parsed.document.source
+            (self.report.updated if source in self.manifest else self.report.added).append(source)
+            self._tick(source)
+
+    def _tick(self, source: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(JobProgress(self.done, self.total, self.report.chunks_written, source))
+
+
+def _entry(parsed: _Parsed, status, now: float) -> ManifestEntry:
+    d = parsed.document
+    return ManifestEntry(
+        source=d.source,
+        content_hash=d.content_hash,
+        chunk_ids=tuple(c.id for c in parsed.chunks),
+        status=status,
+        language=d.language,
+        title=d.title,
+        pages=len(d.pages) or None,
+        updated_at=now,
+    )
+
+
+def _gone(manifest: dict[str, ManifestEntry], roots: Sequence[Path], seen: set[str]) -> list[str]:
+    """Manifest sources under ``roots`` that this run did not find."""
+    resolved = [r.resolve() for r in roots]
+    gone = []
+    for source in manifest:
+        if source in seen:
+            continue
+        path = Path(source)
+        if any(path == r or r in path.parents for r in resolved):
+            gone.append(source)
+    return sorted(gone)
+
+
+__all__ = ["FileIssue", "IngestReport", "JobProgress", "Progress", "index_fingerprint", "ingest_files"]
+

@@ -6,6 +6,7 @@ Expected failures (BabelRAGError) print one line and exit 1; usage errors exit 2
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -51,33 +52,117 @@ def _pipeline(settings: Settings):
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.")],
     collection: CollectionOpt = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete documents ingested from these paths whose files are gone.")
+    ] = False,
+    reindex: Annotated[
+        bool,
+        typer.Option("--reindex", help="Rebuild the collection from these paths (after an embedding/chunking change)."),
+    ] = False,
+    report_path: Annotated[
+        Optional[Path], typer.Option("--report", help="JSON report path (default: ingestion.report_dir).")
+    ] = None,
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Ingest files into a knowledge base: new files added, changed ones replaced, unchanged skipped."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Ingest files into a knowledge base: new files added, changed ones replaced, unchanged skipped.
 
+    Exit status: 0 when every file was ingested, 1 when any failed (the rest are ingested;
+    the console table and the JSON report list each failure with its reason).
+    """
     settings = _settings(config, store={"collection": collection, "url": chroma_url})
     rag = _pipeline(settings)
-    with Progress(
-        TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.description}"), console=err, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=None)
-
-        def progress(done: int, total: int, path: Path) -> None:
-            bar.update(task, completed=done, total=total, description=path.name)
-
-        report = rag.ingest(paths, settings.store.collection, progress=progress)
+    with _ingest_progress() as progress:
+        report = rag.ingest(paths, settings.store.collection, prune=prune, reindex=reindex, progress=progress)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    saved = report.save(report_path or settings.ingestion.report_dir / f"ingest-{report.collection}-{stamp}.json")
+    rate = f" in {report.seconds:.1f} s ({report.chunks_written / report.seconds:.1f} chunks/s)" if report.seconds else ""
     out.print(
-        f"collection [bold]{report.collection}[/]: {len(report.added)} added, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed; "
-        f"{report.chunks_written} chunks written, {report.chunks_deleted} deleted"
+        f"collection [bold]{report.collection}[/]{' (rebuilt)' if report.reindexed else ''}: "
+        f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
+        f"{len(report.removed)} removed, {len(report.failed)} failed; "
+        f"{report.chunks_written} chunks written, {report.chunks_deleted} deleted{rate}"
     )
-    for failure in report.failed:
-        err.print(f"failed: {failure.reason}")
+    if report.missing:
+        out.print(f"{len(report.missing)} files ingested before are gone; `--prune` deletes them from the collection")
+    for title, issues in (("failed", report.failed), ("warnings", report.warnings)):
+        if issues:
+            table = Table("file", "reason", title=title, title_justify="left")
+            for issue in issues:
+                table.add_row(Path(issue.path).name, issue.reason)
+            err.print(table)
+    out.print(f"report: {saved}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _ingest_progress():
+    """A context giving the ingest progress callback: a live bar on a terminal, one line per
+    file otherwise (logs, CI)."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar():
+        columns = (
+            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+            TextColumn("{task.fields[chunks]} chunks · {task.fields[rate]} chunks/s"), TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+        )  # fmt: skip
+        with Progress(*columns, console=err, transient=True) as live:
+            task = live.add_task("", total=None, chunks=0, rate="-")
+            started = time.perf_counter()
+
+            def update(p) -> None:
+                elapsed = time.perf_counter() - started
+                rate = f"{p.chunks_written / elapsed:.1f}" if elapsed > 0 else "-"
+                name = Path(p.current).name if p.current else ""
+                live.update(
+                    task, completed=p.files_done, total=p.files_total, chunks=p.chunks_written, rate=rate,
+                    description=name,
+                )  # fmt: skip
+
+            yield update
+
+    @contextmanager
+    def lines():
+        def update(p) -> None:
+            err.print(f"[{p.files_done}/{p.files_total}] {p.current} ({p.chunks_written} chunks written)", markup=False)
+
+        yield update
+
+    return bar() if err.is_terminal else lines()
+
+
+@app.command()
+def documents(
+    collection: CollectionOpt = None, chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None
+) -> None:
+    """List the documents (source files) of a knowledge base."""
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    table = Table("file", "lang", "chunks", "pages", "status", "source")
+    for e in _pipeline(settings).documents(settings.store.collection):
+        table.add_row(
+            Path(e.source).name, e.language or "?", str(len(e.chunk_ids)), str(e.pages or ""), e.status, e.source
+        )
+    out.print(table)
+
+
+@app.command()
+def delete(
+    source: Annotated[str, typer.Argument(help="The document's source path, as `babelrag documents` lists it.")],
+    collection: CollectionOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete one document from a knowledge base."""
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    path = Path(source).expanduser()
+    if path.exists():
+        source = str(path.resolve())
+    n = _pipeline(settings).delete_document(source, settings.store.collection)
+    out.print(f"deleted {source} ({n} chunks) from {settings.store.collection}")
 
 
 @app.command()
@@ -136,9 +221,10 @@ def ask(
 def collections(chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None) -> None:
     """List knowledge bases with their chunk counts and embedding models."""
     settings = _settings(config, store={"url": chroma_url})
-    table = Table("collection", "chunks", "embedding model")
+    table = Table("collection", "documents", "chunks", "embedding model")
     for info in _pipeline(settings).collections():
-        table.add_row(info.name, str(info.count), info.embedding_model or "?")
+        docs = "?" if info.documents is None else str(info.documents)
+        table.add_row(info.name, docs, str(info.count), info.embedding_model or "?")
     out.print(table)
 
 

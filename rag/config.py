@@ -27,7 +27,8 @@ from pydantic_settings import (
 from rag.errors import ConfigError
 
 # Chroma's own rule for collection names; checked here so the message can say what to do.
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,500}[A-Za-z0-9]$")
+MANIFEST_SUFFIX = ".manifest"  # NAME.manifest is NAME's ingestion manifest (rag/store.py)
 
 
 class _Section(BaseModel):
@@ -70,8 +71,21 @@ class ChunkingConfig(_Section):
 
 
 class IngestionConfig(_Section):
-    extensions: list[str] = [".txt", ".md"]
-    max_file_mb: float = Field(50, gt=0)
+    # Files with other extensions are not picked up from folders (and are refused by name).
+    extensions: list[str] = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"]
+    max_file_mb: float = Field(50, gt=0)  # larger files are reported and skipped
+    max_pages: int = Field(2000, ge=1)  # PDFs with more pages are reported and skipped
+    # Containers (docx is a zip): refuse archives that unpack to more than this, or whose
+    # members compress better than max_compression_ratio (zip bombs).
+    max_unpacked_mb: float = Field(200, gt=0)
+    max_compression_ratio: float = Field(100, gt=1)
+    upsert_batch: int = Field(256, ge=1)  # chunks per Chroma write
+    report_dir: Path = Path(".babelrag/reports")  # one JSON report per job
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, v: list[str]) -> list[str]:
+        return [e.lower() if e.startswith(".") else f".{e.lower()}" for e in v]
 
 
 class LanguageConfig(_Section):
@@ -164,10 +178,11 @@ class Settings(BaseSettings):
 
 
 def validate_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
+    if not COLLECTION_NAME.match(name) or name.endswith(MANIFEST_SUFFIX):
         raise ValueError(
-            f"collection name {name!r} is not valid: use 3-512 characters from letters, digits, '.', '_' "
-            "and '-', starting and ending with a letter or digit (e.g. 'handbook')"
+            f"collection name {name!r} is not valid: use 3-502 characters from letters, digits, '.', '_' "
+            f"and '-', starting and ending with a letter or digit, not ending in {MANIFEST_SUFFIX!r} "
+            "(e.g. 'handbook')"
         )
     return name
 

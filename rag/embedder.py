@@ -23,6 +23,11 @@ class Embedder(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    @property
+    def fingerprint(self) -> dict[str, str | int]:
+        """What the document vectors depend on: stored with a collection, checked on every write."""
+        ...
+
 
 class SentenceTransformerEmbedder:
     """A sentence-transformers bi-encoder (multilingual-e5, bge-m3, ...). Loads in ``warm_up``."""
@@ -104,3 +109,12 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def fingerprint(self) -> dict[str, str | int]:
+        prompt = self.config.document_prompt
+        return {
+            "embedding_model": self.model_id,
+            "dimension": self.dimension,
+            "document_prompt": "(saved with the model)" if prompt is None else prompt,
+        }

@@ -6,7 +6,8 @@
     ├── QueryError             the question itself is unusable (empty, too long)
     ├── IngestionError         a file or folder cannot be ingested
     ├── StoreError             the vector store refused or cannot be reached
-    │   └── CollectionNotFoundError
+    │   ├── CollectionNotFoundError
+    │   └── IndexMismatchError a collection was built with other embedding/chunking settings
     └── GenerationError        the LLM server is down, slow or answered garbage
 
 Every message says what was expected, what came, and what to do. The CLI prints
@@ -41,6 +42,10 @@ class StoreError(BabelRAGError):
 
 
 class CollectionNotFoundError(StoreError):
+    pass
+
+
+class IndexMismatchError(StoreError):
     pass
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, ingest_files
+from ingestion.loader import DEFAULT_LOADERS, Loader
 from rag.config import RerankerConfig, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.errors import QueryError
@@ -16,7 +17,7 @@ from rag.generator import Generator, LLMClient, OpenAIGenerator
 from rag.language import LanguageIdentifier, LinguaIdentifier
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
 from rag.retriever import DenseRetriever, Retriever
-from rag.store import ChromaStore, CollectionInfo, VectorStore, Where
+from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
 from rag.types import Answer, Citation, Hit
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,21 @@ class Pipeline:
     # -- ingestion -----------------------------------------------------------------------
 
     def ingest(
-        self, paths: Iterable[str | Path], collection: str | None = None, *, progress: Progress | None = None
+        self,
+        paths: Iterable[str | Path],
+        collection: str | None = None,
+        *,
+        prune: bool = False,
+        reindex: bool = False,
+        loaders: Sequence[Loader] | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
-        """Add, update or skip the .txt/.md files under ``paths`` in ``collection``."""
+        """Add new, replace changed and skip unchanged files under ``paths`` in ``collection``.
+
+        ``prune`` deletes documents ingested from ``paths`` whose files are gone; ``reindex``
+        rebuilds the collection (needed after changing the embedding model or chunking).
+        ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx).
+        """
         chunker = SentenceChunker(
             tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
         )
@@ -69,11 +82,31 @@ class Pipeline:
             store=self.store,
             chunker=chunker,
             config=self.settings.ingestion,
+            loaders=DEFAULT_LOADERS if loaders is None else loaders,
+            prune=prune,
+            reindex=reindex,
             progress=progress,
         )
 
     def collections(self) -> list[CollectionInfo]:
         return self.store.collections()
+
+    def documents(self, collection: str | None = None) -> list[ManifestEntry]:
+        """The source files of ``collection``, as its ingestion manifest records them."""
+        entries = self.store.manifest(collection or self.settings.store.collection)
+        return sorted(entries.values(), key=lambda e: e.source)
+
+    def delete_document(self, source: str, collection: str | None = None) -> int:
+        """Delete one source file's chunks from ``collection``; returns how many were deleted."""
+        collection = collection or self.settings.store.collection
+        entries = self.store.manifest(collection)
+        if source not in entries:
+            known = ", ".join(sorted(Path(s).name for s in entries)[:10]) or "none"
+            raise QueryError(f"{source!r} is not a document of collection {collection!r} (documents: {known})")
+        ids = self.store.chunk_ids_of_source(collection, source)
+        self.store.delete(collection, ids)
+        self.store.delete_manifest(collection, [source])
+        return len(ids)
 
     # -- retrieval -----------------------------------------------------------------------
 

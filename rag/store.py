@@ -1,24 +1,32 @@
 """Vector store stage: one Chroma collection per knowledge base.
 
 Embedded ``PersistentClient`` by default; ``HttpClient`` to a ``chroma run`` server when
-``store.url`` is set. Each collection records the embedding model and dimension it was built
-with, so vectors of two embedding spaces are never mixed in one collection.
+``store.url`` is set. Each collection records the index settings it was built with (embedding
+model, dimension, document prompt, chunking), so two embedding spaces or chunkings are never
+mixed in one collection.
+
+Beside each collection ``NAME`` lives ``NAME.manifest``: one record per source file (content
+hash, chunk ids, status), the ingestion job's memory of what it wrote. It lives in Chroma
+rather than a file beside it so that jobs feeding a shared ``chroma run`` server see it too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import numpy as np
 
-from rag.config import StoreConfig, validate_collection_name
-from rag.errors import CollectionNotFoundError, StoreError
+from rag.config import MANIFEST_SUFFIX, StoreConfig, validate_collection_name
+from rag.errors import CollectionNotFoundError, IndexMismatchError, StoreError
 from rag.types import Chunk, Hit
 
 Where = Mapping[str, Any]
+Fingerprint = Mapping[str, str | int]  # index settings: {"embedding_model": ..., "dimension": 384, ...}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +35,44 @@ class CollectionInfo:
     count: int
     embedding_model: str | None
     dimension: int | None
+    fingerprint: dict[str, str | int] = field(default_factory=dict)
+    documents: int | None = None  # source files in the manifest
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """What an ingestion job wrote for one source file."""
+
+    source: str
+    content_hash: str
+    chunk_ids: tuple[str, ...]
+    status: Literal["writing", "done"]  # "writing": a job started on it and has not finished
+    language: str | None = None
+    title: str | None = None
+    pages: int | None = None
+    updated_at: float = 0.0  # unix time
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
 
 
 @runtime_checkable
 class VectorStore(Protocol):
     def collections(self) -> list[CollectionInfo]: ...
 
-    def ensure_collection(self, name: str, *, embedding_model: str, dimension: int) -> None: ...
+    def ensure_collection(self, name: str, *, fingerprint: Fingerprint, reindex: bool = False) -> bool:
+        """Create ``name``, or check it was built with ``fingerprint`` (IndexMismatchError if
+        not). ``reindex`` drops and recreates it. True when it was (re)created."""
+        ...
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def manifest(self, name: str) -> dict[str, ManifestEntry]: ...
+
+    def put_manifest(self, name: str, entries: Sequence[ManifestEntry]) -> None: ...
+
+    def delete_manifest(self, name: str, sources: Iterable[str]) -> None: ...
 
     def info(self, name: str) -> CollectionInfo: ...
 
@@ -112,38 +151,118 @@ class ChromaStore:
             ) from None
 
     def collections(self) -> list[CollectionInfo]:
-        return [self._info(c) for c in self.client.list_collections()]
+        return [
+            self._info(c) for c in self.client.list_collections() if not c.name.endswith(MANIFEST_SUFFIX)
+        ]
 
     def info(self, name: str) -> CollectionInfo:
         return self._info(self._collection(name))
 
-    @staticmethod
-    def _info(collection) -> CollectionInfo:
+    def _info(self, collection) -> CollectionInfo:
         meta = collection.metadata or {}
+        try:
+            documents = self._manifest_collection(collection.name).count()
+        except Exception:  # a collection written before manifests existed
+            documents = None
         return CollectionInfo(
             name=collection.name,
             count=collection.count(),
             embedding_model=meta.get("embedding_model"),
             dimension=meta.get("dimension"),
+            fingerprint={k: v for k, v in meta.items() if k != "hnsw:space"},
+            documents=documents,
         )
 
-    def ensure_collection(self, name: str, *, embedding_model: str, dimension: int) -> None:
+    def ensure_collection(self, name: str, *, fingerprint: Fingerprint, reindex: bool = False) -> bool:
+        import chromadb.errors
+
         try:
-            collection = self.client.get_or_create_collection(
-                validate_collection_name(name),
-                configuration={"hnsw": {"space": "cosine"}},
-                metadata={"embedding_model": embedding_model, "dimension": dimension},
-                embedding_function=None,
-            )
+            validate_collection_name(name)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        wanted = dict(fingerprint)
+        try:
+            existing = self.client.get_collection(name, embedding_function=None)
+        except chromadb.errors.NotFoundError:
+            existing = None
         except ValueError as e:
             raise StoreError(str(e)) from e
-        info = self._info(collection)
-        if (info.embedding_model, info.dimension) != (embedding_model, dimension):
+        if existing is not None:
+            built = {k: v for k, v in (existing.metadata or {}).items() if k != "hnsw:space"}
+            if built == wanted and not reindex:
+                self._manifest_collection(name, create=True)
+                return False
+            if built != wanted and not reindex:
+                changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
+                diff = "; ".join(f"{k}: built with {built.get(k)!r}, now {wanted.get(k)!r}" for k in changed)
+                raise IndexMismatchError(
+                    f"collection {name!r} was built with other index settings ({diff}); mixing them would "
+                    "put two embedding spaces in one index. Re-run with --reindex to rebuild it from the "
+                    "files you pass, or ingest into a new collection (-c NAME)"
+                )
+            self.delete_collection(name)
+        self.client.create_collection(
+            name, configuration={"hnsw": {"space": "cosine"}}, metadata=wanted, embedding_function=None
+        )
+        self._manifest_collection(name, create=True)
+        return True
+
+    def delete_collection(self, name: str) -> None:
+        import chromadb.errors
+
+        for n in (name, name + MANIFEST_SUFFIX):
+            try:
+                self.client.delete_collection(n)
+            except (chromadb.errors.NotFoundError, ValueError):
+                pass
+
+    # -- manifest ----------------------------------------------------------------------
+
+    def _manifest_collection(self, name: str, *, create: bool = False):
+        if create:
+            return self.client.get_or_create_collection(name + MANIFEST_SUFFIX, embedding_function=None)
+        import chromadb.errors
+
+        try:
+            return self.client.get_collection(name + MANIFEST_SUFFIX, embedding_function=None)
+        except chromadb.errors.NotFoundError:
+            self._collection(name)  # names the missing collection if that is the problem
             raise StoreError(
-                f"collection {name!r} was built with embedding model {info.embedding_model!r} "
-                f"({info.dimension} dims), not {embedding_model!r} ({dimension} dims); "
-                "use the same embedding model, or ingest into a new collection"
+                f"collection {name!r} has no manifest (written by an older BabelRAG); "
+                f"rebuild it with `babelrag ingest PATH -c {name} --reindex`"
+            ) from None
+
+    def manifest(self, name: str) -> dict[str, ManifestEntry]:
+        got = self._manifest_collection(name).get(include=["documents", "metadatas"])
+        entries = {}
+        for doc, meta in zip(got["documents"], got["metadatas"], strict=True):
+            entry = ManifestEntry(
+                source=str(meta["source"]),
+                content_hash=str(meta["content_hash"]),
+                chunk_ids=tuple(json.loads(doc)),
+                status="done" if meta.get("status") == "done" else "writing",
+                language=meta.get("language"),
+                title=meta.get("title"),
+                pages=meta.get("pages"),
+                updated_at=float(meta.get("updated_at", 0.0)),
             )
+            entries[entry.source] = entry
+        return entries
+
+    def put_manifest(self, name: str, entries: Sequence[ManifestEntry]) -> None:
+        if not entries:
+            return
+        self._manifest_collection(name).upsert(
+            ids=[_source_id(e.source) for e in entries],
+            embeddings=np.ones((len(entries), 1), dtype=np.float32),  # Chroma wants one; never queried
+            documents=[json.dumps(list(e.chunk_ids)) for e in entries],
+            metadatas=[_manifest_metadata(e) for e in entries],
+        )
+
+    def delete_manifest(self, name: str, sources: Iterable[str]) -> None:
+        ids = [_source_id(s) for s in sources]
+        if ids:
+            self._manifest_collection(name).delete(ids=ids)
 
     # -- chunks ------------------------------------------------------------------------
 
@@ -192,6 +311,25 @@ class ChromaStore:
         return hits
 
 
+def _source_id(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
+
+
+def _manifest_metadata(entry: ManifestEntry) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "source": entry.source,
+        "content_hash": entry.content_hash,
+        "status": entry.status,
+        "chunks": len(entry.chunk_ids),
+        "updated_at": entry.updated_at,
+    }
+    for key in ("language", "title", "pages"):
+        value = getattr(entry, key)
+        if value is not None:
+            meta[key] = value
+    return meta
+
+
 def _metadata(chunk: Chunk) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "source": chunk.source,
@@ -203,8 +341,10 @@ def _metadata(chunk: Chunk) -> dict[str, Any]:
     }
     if chunk.language:
         meta["language"] = chunk.language
-    if chunk.title:
-        meta["title"] = chunk.title
+    for key in ("title", "page", "section"):
+        value = getattr(chunk, key)
+        if value is not None:
+            meta[key] = value
     return meta
 
 
@@ -219,4 +359,6 @@ def _chunk(id_: str, text: str, meta: Mapping[str, Any]) -> Chunk:
         language=meta.get("language"),
         doc_hash=str(meta["doc_hash"]),
         title=meta.get("title"),
+        page=meta.get("page"),
+        section=meta.get("section"),
     )

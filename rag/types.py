@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedText:
+    """What a loader makes of a file's bytes: plain text plus the structure worth keeping."""
+
+    text: str
+    title: str | None = None  # the document's title (Markdown "# ", HTML <title>, docx core title)
+    # Character offset in ``text`` where each page begins: page n starts at pages[n - 1]. Empty
+    # for formats without pages.
+    pages: tuple[int, ...] = ()
+    # (offset, heading) for each section heading, in text order; carried into chunks as context.
+    headings: tuple[tuple[int, str], ...] = ()
+    warnings: tuple[str, ...] = ()  # e.g. "3 invalid UTF-8 bytes replaced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +29,20 @@ class Document:
     text: str
     content_hash: str  # sha256 of the raw file bytes
     title: str | None = None  # e.g. a Markdown document's first "# " heading
+    pages: tuple[int, ...] = ()  # see LoadedText.pages
+    headings: tuple[tuple[int, str], ...] = ()  # see LoadedText.headings
+    language: str | None = None  # the language of most of the text (ISO 639-1)
+
+    def page_at(self, offset: int) -> int | None:
+        """1-based page holding character ``offset``, or None for documents without pages."""
+        if not self.pages:
+            return None
+        return max(bisect.bisect_right(self.pages, offset), 1)
+
+    def heading_at(self, offset: int) -> str | None:
+        """The last section heading at or before ``offset``."""
+        i = bisect.bisect_right([h[0] for h in self.headings], offset)
+        return self.headings[i - 1][1] if i else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +57,28 @@ class Chunk:
     end: int
     language: str | None
     doc_hash: str
-    title: str | None = None
+    title: str | None = None  # the document's title
+    page: int | None = None  # 1-based page where the chunk starts (PDF)
+    section: str | None = None  # the heading of the section the chunk starts in
 
     @property
     def file_name(self) -> str:
         return Path(self.source).name
 
     @property
+    def context(self) -> str | None:
+        """Title and section heading, the context a chunk's text alone may lack."""
+        parts = []
+        for part in (self.title, self.section):
+            if part and part not in parts and not self.text.lstrip("# ").startswith(part):
+                parts.append(part)
+        return " › ".join(parts) or None
+
+    @property
     def embedding_text(self) -> str:
-        """What the embedder reads: the text with its document's title as context."""
-        if self.title and not self.text.lstrip("# ").startswith(self.title):
-            return f"{self.title}\n{self.text}"
-        return self.text
+        """What the embedder reads: the text with its title and section heading as context."""
+        context = self.context
+        return f"{context}\n{self.text}" if context else self.text
 
 
 @dataclass(frozen=True, slots=True)

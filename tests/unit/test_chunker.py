@@ -80,7 +80,26 @@ def test_ids_are_deterministic_and_depend_on_source_and_content():
     assert [c.id for c in a] == [c.id for c in b]
     other = Document(source="/kb/b.txt", text="Eins. Zwei. Drei.", content_hash="h")
     assert {c.id for c in chunker.chunk(other)}.isdisjoint(c.id for c in a)
-    assert chunk_id("s", 0, 4, "Eins") != chunk_id("s", 0, 4, "Zwei")
+    retitled = Document(source="/kb/a.txt", text="Eins. Zwei. Drei.", content_hash="h", title="Neu")
+    assert {c.id for c in chunker.chunk(retitled)}.isdisjoint(c.id for c in a)  # the embedder reads the title
+    assert all(chunk_id(c) == c.id for c in a)
+
+
+def test_chunks_carry_page_and_section_heading():
+    pages = ["Seite eins. Noch ein Satz.", "Seite zwei hat Text.", "Seite drei."]
+    text = "\n\n".join(pages)
+    starts = tuple(text.index(p) for p in pages)
+    headings = ((0, "Einleitung"), (starts[1], "Teil B"))
+    d = Document(source="/kb/a.pdf", text=text, content_hash="h", title="Bericht", pages=starts, headings=headings)
+    chunks = SentenceChunker(char_tokens, ChunkingConfig(max_tokens=22, overlap_tokens=0)).chunk(d)
+    assert [(c.page, c.section) for c in chunks] == [(1, "Einleitung"), (2, "Teil B"), (3, "Teil B")]
+    assert chunks[1].embedding_text == f"Bericht › Teil B\n{chunks[1].text}"
+    assert d.page_at(0) == 1 and d.page_at(len(text)) == 3
+
+
+def test_chunks_of_documents_without_pages_or_headings_have_none():
+    (c,) = SentenceChunker(char_tokens, ChunkingConfig(max_tokens=30, overlap_tokens=0)).chunk(doc("Ein Satz."))
+    assert c.page is None and c.section is None and c.embedding_text == c.text
 
 
 def test_language_is_detected_per_chunk():

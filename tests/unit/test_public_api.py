@@ -4,9 +4,9 @@ import rag
 def test_public_api_is_curated():
     assert set(rag.__all__) == {
         "Answer", "AnswerStream", "BabelRAGError", "Chunk", "Citation", "CollectionInfo",
-        "CollectionNotFoundError", "ConfigError", "Document", "FileFailure", "GenerationError", "Hit",
-        "IngestReport", "IngestionError", "ModelNotFoundError", "Pipeline", "QueryError", "Settings",
-        "StoreError", "load_settings",
+        "CollectionNotFoundError", "ConfigError", "Document", "FileIssue", "GenerationError", "Hit",
+        "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",
+        "ManifestEntry", "ModelNotFoundError", "Pipeline", "QueryError", "Settings", "StoreError", "load_settings",
     }  # fmt: skip
     for name in rag.__all__:
         assert getattr(rag, name) is not None
