@@ -13,7 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from rag import CollectionNotFoundError, Pipeline, StoreError
+from rag import CollectionNotFoundError, IndexMismatchError, Pipeline
+from rag.embedder import SentenceTransformerEmbedder
 from tests.conftest import EXAMPLES, free_port
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
@@ -128,6 +129,12 @@ def test_unknown_collection_and_mixed_embedding_spaces(pipeline):
     with pytest.raises(CollectionNotFoundError, match=r"collection 'nope-kb' does not exist .*babelrag ingest PATH -c nope-kb"):
         pipeline.retrieve("hallo", collection="nope-kb")
     kb = unique("space")
-    pipeline.store.ensure_collection(kb, embedding_model="other/model", dimension=384)
-    with pytest.raises(StoreError, match="was built with embedding model 'other/model'"):
-        pipeline.ingest([EXAMPLES / "handbook" / "de_remote_work.md"], kb)
+    de = EXAMPLES / "handbook" / "de_remote_work.md"
+    pipeline.ingest([de], kb)
+    other = pipeline.settings.model_copy(deep=True)
+    other.embedding.document_prompt = "passage:"
+    with pytest.raises(IndexMismatchError, match=r"document_prompt: built with 'passage: ', now 'passage:'.*--reindex"):
+        Pipeline(other, embedder=SentenceTransformerEmbedder(other.embedding), language=pipeline.language).ingest([de], kb)
+    other.chunking.max_tokens = 64
+    with pytest.raises(IndexMismatchError, match=r"chunk_max_tokens: built with 128, now 64"):
+        Pipeline(other, embedder=pipeline.embedder, language=pipeline.language).ingest([de], kb)

@@ -1,0 +1,111 @@
+"""Ingestion throughput against the bare encoder, in the same run.
+
+    python bench/ingest.py [--corpus ../shared/data/xquad/corpus.jsonl] [--limit N] [--json OUT]
+
+Writes every corpus paragraph to its own .txt file (2,880 files in 12 languages), then:
+1. ``babelrag ingest``'s code path (``Pipeline.ingest``: discover, hash, load, chunk with the
+   model's tokenizer, language id per chunk, embed, upsert into a fresh embedded Chroma,
+   manifest), timed from the call to the report, models already loaded;
+2. the bare ``SentenceTransformer.encode_document`` of the same chunk texts, same batch size
+   and dtype: the ceiling ingestion can reach.
+Prints chunks/s of both, their ratio (goal >= 0.9), a no-op re-run, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rag import Pipeline, load_settings  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/xquad/corpus.jsonl")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu-small.yaml")
+    parser.add_argument("--limit", type=int, default=None, help="first N paragraphs only")
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in args.corpus.read_text(encoding="utf-8").splitlines()][: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="babelrag-bench-"))
+    for row in rows:
+        folder = work / "corpus" / row["lang"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{row['doc_id']}.txt").write_text(row["text"], encoding="utf-8")
+
+    settings = load_settings(args.config)
+    settings.store.path = work / "chroma"
+    settings.store.url = None
+    rag = Pipeline(settings)
+    warm = rows[0]["text"]
+    rag.embedder.embed_documents([warm] * 8)  # load the model and warm up the kernels
+    rag.language.detect(warm)
+    print(
+        f"{len(rows)} files, {len({r['lang'] for r in rows})} languages; embedding {settings.embedding.model} "
+        f"({settings.embedding.dtype}, batch {settings.embedding.batch_size}) on {os.cpu_count()} CPUs"
+    )
+
+    start = time.perf_counter()
+    report = rag.ingest([work / "corpus"], "bench")
+    ingest_s = time.perf_counter() - start
+    assert report.ok, report.failed[:3]
+    chunks = rag.store.client.get_collection("bench").get(include=["documents", "metadatas"])
+    n = len(chunks["ids"])
+    texts = _embedding_texts(chunks)
+
+    start = time.perf_counter()
+    rag.embedder.model.encode_document(
+        texts,
+        prompt=settings.embedding.document_prompt,
+        batch_size=settings.embedding.batch_size,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    encode_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rerun = rag.ingest([work / "corpus"], "bench")
+    rerun_s = time.perf_counter() - start
+    assert len(rerun.unchanged) == len(rows) and rerun.chunks_written == 0
+
+    ingest_rate, encode_rate = n / ingest_s, n / encode_s
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    numbers = {
+        "files": len(rows),
+        "chunks": n,
+        "ingest_s": round(ingest_s, 1),
+        "ingest_chunks_per_s": round(ingest_rate, 1),
+        "bare_encode_s": round(encode_s, 1),
+        "bare_encode_chunks_per_s": round(encode_rate, 1),
+        "ratio": round(ingest_rate / encode_rate, 3),
+        "rerun_unchanged_s": round(rerun_s, 2),
+        "peak_rss_mb": round(peak_mb),
+    }
+    print(f"ingest       {ingest_rate:7.1f} chunks/s  ({n} chunks in {ingest_s:.1f} s)")
+    print(f"bare encode  {encode_rate:7.1f} chunks/s  ({encode_s:.1f} s)")
+    print(f"ratio        {numbers['ratio']:.2f} x   (goal >= 0.90)")
+    print(f"re-run       {rerun_s:.2f} s for {len(rows)} unchanged files")
+    print(f"peak RSS     {peak_mb:.0f} MB")
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2))
+
+
+def _embedding_texts(got) -> list[str]:
+    """What the embedder read: the chunk text with its title/section context, as Chunk does."""
+    from rag.store import _chunk
+
+    return [_chunk(i, d, m).embedding_text for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
+
+
+if __name__ == "__main__":
+    main()
