@@ -4,7 +4,7 @@ Sentences are found by script-aware rules (CJK full stops need no following spac
 no sentence punctuation, so a space between Thai letters ends a sentence), then packed up to
 ``max_tokens`` tokens of the embedding model's tokenizer, with about ``overlap_tokens`` of
 trailing sentences repeated at the start of the next chunk. A sentence longer than the budget
-is cut at token boundaries.
+is cut at token boundaries, before a word where the script has spaces.
 """
 
 from __future__ import annotations
@@ -21,12 +21,24 @@ from rag.types import Chunk, Document
 
 # A sentence ends after terminal punctuation (Latin, Devanagari danda, Arabic, CJK, ellipsis)
 # plus closing quotes/brackets, followed by whitespace -- or at once for CJK full-width marks;
-# or at a line break; or at a space between two Thai letters.
+# or at a line break; or at a space between two Thai letters; or at a full stop with the space
+# after it missing ("yaşadı.Tesla", "المغول.سلالة"), seen in xquad.
 _BOUNDARY = re.compile(
     r"(?<=[.!?।॥؟۔…])[\"'”’»)\]]*\s+"
     r"|(?<=[。！？])[」』”’）]*\s*"
     r"|\s*\n\s*"
     r"|(?<=[\u0E00-\u0E7F])[ \t]+(?=[\u0E00-\u0E7F])"
+    r"|(?<=[^\W\d_A-Z]{2}\.)(?=[A-ZÀ-ÞА-ЯЁ][^\W\d_])"
+    r"|(?<=[\u0621-\u064A]{2}\.)(?=[\u0621-\u064A])"
+)
+# A full stop after these does not end a sentence: initials ("Frederick W. Smith", "н. э."),
+# ordinals ("Am 8. Februar", "19. yüzyıl") and common abbreviations. Measured on xquad, the
+# plain rule cut 33 German, 19 Turkish and 12 Russian sentences into 1-2 token fragments.
+_NO_END = re.compile(
+    r"(?:^|[\s(\[\"'«„])(?:[^\W\d_]|\d{1,2}|"
+    r"Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Nr|No|vs|ca|bzw|usw|ggf|vgl|Abs|Art|Bd|Hrsg|Jh|geb|gest|"
+    r"z\.\s?B|d\.\s?h|u\.\s?a|e\.\s?g|i\.\s?e|т\.\s?е|т\.\s?д|т\.\s?к|и\.\s?т\.\s?д|г|гг|им|др|"
+    r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.$"
 )
 
 
@@ -34,6 +46,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence in ``text``, whitespace trimmed, empty ones dropped."""
     spans, start = [], 0
     for m in _BOUNDARY.finditer(text):
+        if text[m.start() - 1 : m.start()] == "." and _NO_END.search(text, max(0, m.start() - 16), m.start()):
+            continue
         spans.append((start, m.start() if m.group().strip() == "" else m.end()))
         start = m.end()
     spans.append((start, len(text)))
@@ -68,7 +82,7 @@ class SentenceChunker:
     """Packs sentences into chunks of at most ``max_tokens`` tokens of ``token_spans``.
 
     Each chunk carries its document's title, the heading of the section it starts in and, for
-    paged documents, the page it starts on; ``detect_language`` labels every chunk, so a
+    paged documents, its page (chunks do not cross page breaks); ``detect_language`` labels every chunk, so a
     mixed-language document gets per-chunk languages.
     """
 
@@ -101,11 +115,15 @@ class SentenceChunker:
             if len(offsets) <= budget:
                 pieces.append((s, e, max(len(offsets), 1)))
                 continue
-            for i in range(0, len(offsets), budget):
-                window = offsets[i : i + budget]
-                ws = s + window[0][0]
-                we = s + (offsets[i + budget][0] if i + budget < len(offsets) else e - s)
-                pieces.append((ws, we, len(window)))
+            sentence, n, i = text[s:e], len(offsets), 0
+            while i < n:
+                j = min(i + budget, n)
+                if j < n:  # cut before a word, not inside one, if one starts in the last quarter
+                    j = next(
+                        (k for k in range(j, i + budget * 3 // 4, -1) if sentence[offsets[k][0] - 1].isspace()), j
+                    )
+                pieces.append((s + offsets[i][0], s + (offsets[j][0] if j < n else e - s), j - i))
+                i = j
         return pieces
 
     def chunk(self, document: Document) -> list[Chunk]:
@@ -115,7 +133,10 @@ class SentenceChunker:
         current: list[tuple[int, int, int]] = []
         tokens = 0
         for piece in pieces:
-            if current and tokens + piece[2] > self.config.max_tokens:
+            if current and document.page_at(piece[0]) != document.page_at(current[0][0]):
+                groups.append(current)  # chunks stay on one page, so a citation names its page
+                current, tokens = [], 0
+            elif current and tokens + piece[2] > self.config.max_tokens:
                 groups.append(current)
                 current, tokens = self._overlap(current, piece[2])
             current.append(piece)

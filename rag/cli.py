@@ -270,7 +270,7 @@ def llm_stop(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns a command's typer.Exit code instead of exiting
     except BabelRAGError as e:
         err.print(f"error: {e}", markup=False, soft_wrap=True)
         sys.exit(1)
@@ -288,6 +288,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class Embedder(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     @property
+    def max_tokens(self) -> int:
+        """Longest input the model reads, prompt included; longer text is truncated."""
+        ...
+
+    @property
     def fingerprint(self) -> dict[str, str | int]:
         """What the document vectors depend on: stored with a collection, checked on every write."""
         ...

@@ -12,9 +12,9 @@ from ingestion.job import IngestReport, Progress, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
 from rag.config import RerankerConfig, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
-from rag.errors import QueryError
+from rag.errors import ConfigError, QueryError
 from rag.generator import Generator, LLMClient, OpenAIGenerator
-from rag.language import LanguageIdentifier, LinguaIdentifier
+from rag.language import LanguageIdentifier, language_identifier
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
 from rag.retriever import DenseRetriever, Retriever
 from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
@@ -23,6 +23,7 @@ from rag.types import Answer, Citation, Hit
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
+CONTEXT_TOKENS = 64  # room kept for a chunk's title/section context (types.MAX_CONTEXT_CHARS)
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
@@ -48,7 +49,7 @@ class Pipeline:
         s = self.settings
         self.embedder = embedder or SentenceTransformerEmbedder(s.embedding)
         self.store = store or ChromaStore(s.store)
-        self.language = language or LinguaIdentifier(s.language)
+        self.language = language or language_identifier(s.language)
         self.llm = llm or LLMClient(s.llm)
         self.generator = generator or OpenAIGenerator(self.llm)
         self.retriever: Retriever = DenseRetriever(self.embedder, self.store)
@@ -72,6 +73,7 @@ class Pipeline:
         rebuilds the collection (needed after changing the embedding model or chunking).
         ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx).
         """
+        self._check_chunk_budget()
         chunker = SentenceChunker(
             tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
         )
@@ -87,6 +89,17 @@ class Pipeline:
             reindex=reindex,
             progress=progress,
         )
+
+    def _check_chunk_budget(self) -> None:
+        """Chunks plus their prompt and title/section context must fit the embedding model."""
+        limit = self.embedder.max_tokens
+        reserve = CONTEXT_TOKENS + self.embedder.count_tokens(self.settings.embedding.document_prompt or "") + 2
+        if self.settings.chunking.max_tokens + reserve > limit:
+            raise ConfigError(
+                f"chunking.max_tokens={self.settings.chunking.max_tokens} does not fit embedding model "
+                f"{self.embedder.model_id!r}: it reads {limit} tokens, and {reserve} go to the prompt, the "
+                f"title/section context and special tokens; set chunking.max_tokens to at most {limit - reserve}"
+            )
 
     def collections(self) -> list[CollectionInfo]:
         return self.store.collections()

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+MAX_CONTEXT_CHARS = 120  # title + section heading prepended to a chunk for the embedder
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedText:
     """What a loader makes of a file's bytes: plain text plus the structure worth keeping."""
@@ -72,7 +75,10 @@ class Chunk:
         for part in (self.title, self.section):
             if part and part not in parts and not self.text.lstrip("# ").startswith(part):
                 parts.append(part)
-        return " › ".join(parts) or None
+        context = " › ".join(parts)
+        if len(context) > MAX_CONTEXT_CHARS:  # a runaway heading must not crowd out the text
+            context = context[: MAX_CONTEXT_CHARS - 1] + "…"
+        return context or None
 
     @property
     def embedding_text(self) -> str:

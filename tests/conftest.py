@@ -50,8 +50,8 @@ def embedder(model_settings):
 
 @pytest.fixture(scope="session")
 def language():
-    from rag.language import LinguaIdentifier
+    from rag.language import language_identifier
 
-    lid = LinguaIdentifier()
+    lid = language_identifier()
     lid.warm_up()
     return lid

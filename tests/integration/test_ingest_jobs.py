@@ -264,3 +264,22 @@ def snapshot_of(db: Path, name: str) -> dict:
         "chunks": {i: (d, m) for i, (d, m) in raw["chunks"].items()},
         "manifest": {k: (h, tuple(i), st) for k, (h, i, st) in raw["manifest"].items()},
     }
+
+
+def test_pdf_chunks_know_their_page_and_docx_chunks_their_section(pipeline, tmp_path):
+    from tests.helpers_files import write_docx, write_pdf
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    write_pdf(kb / "fahrplan.pdf", ["Der Zug nach Hamburg fährt um acht Uhr.", "Поезд в Москву отправляется в девять."])
+    osaka = [f"大阪行きの{i}番の電車は五時に出発します。" for i in range(12)]  # longer than one chunk
+    kyoto = [f"京都行きの{i}番の電車は六時に出発します。" for i in range(12)]
+    write_docx(kb / "時刻表.docx", "時刻表", [("大阪", osaka), ("京都", kyoto)])
+    report = pipeline.ingest([kb], "formats")
+    assert report.ok and len(report.added) == 2
+    (moscow,) = pipeline.retrieve("Поезд в Москву", collection="formats", top_k=1, where={"page": 2})
+    assert moscow.chunk.file_name == "fahrplan.pdf" and "Москву" in moscow.chunk.text and moscow.chunk.language == "ru"
+    kyoto = pipeline.retrieve("京都行きの電車", collection="formats", top_k=5, where={"source": str((kb / "時刻表.docx").resolve())})
+    assert {h.chunk.section for h in kyoto} <= {"時刻表", "大阪", "京都"} and any(h.chunk.section == "京都" for h in kyoto)
+    entry = {Path(e.source).name: e for e in pipeline.documents("formats")}
+    assert entry["fahrplan.pdf"].pages == 2 and entry["時刻表.docx"].language == "ja"

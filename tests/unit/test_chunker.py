@@ -29,6 +29,16 @@ def sentences(text: str) -> list[str]:
         ("# Title\n\nFirst line\nsecond line", ["# Title", "First line", "second line"]),
         ('He said "Stop." Then left.', ['He said "Stop."', "Then left."]),
         ("Version 2.5 is out. Good", ["Version 2.5 is out.", "Good"]),
+        # initials, ordinals and abbreviations do not end sentences (xquad: de, tr, ru, en)
+        ("Der Historiker Frederick W. Smith kam am 8. Februar. Er blieb.", ["Der Historiker Frederick W. Smith kam am 8. Februar.", "Er blieb."]),
+        ("Tesla 18. ve 19. yüzyıl arasında yaşadı. Sonra öldü.", ["Tesla 18. ve 19. yüzyıl arasında yaşadı.", "Sonra öldü."]),
+        ("Это было в 300 г. н. э. в Риме. Потом всё кончилось.", ["Это было в 300 г. н. э. в Риме.", "Потом всё кончилось."]),
+        ("Es gibt z. B. Äpfel. Dr. Meier isst sie.", ["Es gibt z. B. Äpfel.", "Dr. Meier isst sie."]),
+        ("The team won in 2016. The next season was worse.", ["The team won in 2016.", "The next season was worse."]),
+        # a missing space after the full stop still ends the sentence
+        ("Tesla Graz'da yaşadı.Tesla sonra Prag'a gitti.", ["Tesla Graz'da yaşadı.", "Tesla sonra Prag'a gitti."]),
+        ("حكم المغول.سلالة يوان حكمت الصين.", ["حكم المغول.", "سلالة يوان حكمت الصين."]),
+        ("Visit example.com today. Or e.g. later.", ["Visit example.com today.", "Or e.g. later."]),
     ],
 )
 def test_sentences_in_many_scripts(text, expected):
@@ -55,6 +65,20 @@ def test_chunks_stay_within_budget_and_spans_point_at_the_text():
     for c in chunks:
         covered.update(range(c.start, c.end))
     assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
+
+
+def subword_tokens(text: str) -> list[tuple[int, int]]:
+    """A tokenizer stand-in that splits words into 3-character pieces, like subword tokenizers."""
+    return [(m.start() + k, min(m.start() + k + 3, m.end())) for m in re.finditer(r"\S+", text) for k in range(0, len(m.group()), 3)]
+
+
+def test_long_sentence_is_cut_before_a_word_not_inside_one():
+    text = " ".join(["Donaudampfschifffahrt"] * 12)  # one sentence, 7 tokens per word
+    chunks = SentenceChunker(subword_tokens, ChunkingConfig(max_tokens=30, overlap_tokens=0)).chunk(doc(text))
+    assert len(chunks) > 2
+    for c in chunks:
+        assert c.text.split() == ["Donaudampfschifffahrt"] * len(c.text.split()), c.text
+        assert len(subword_tokens(c.text)) <= 30
 
 
 def test_sentence_longer_than_budget_is_cut_at_token_boundaries():
@@ -93,6 +117,8 @@ def test_chunks_carry_page_and_section_heading():
     d = Document(source="/kb/a.pdf", text=text, content_hash="h", title="Bericht", pages=starts, headings=headings)
     chunks = SentenceChunker(char_tokens, ChunkingConfig(max_tokens=22, overlap_tokens=0)).chunk(d)
     assert [(c.page, c.section) for c in chunks] == [(1, "Einleitung"), (2, "Teil B"), (3, "Teil B")]
+    wide = SentenceChunker(char_tokens, ChunkingConfig(max_tokens=100, overlap_tokens=10)).chunk(d)
+    assert [c.text for c in wide] == pages  # room for all, but chunks do not cross page breaks
     assert chunks[1].embedding_text == f"Bericht › Teil B\n{chunks[1].text}"
     assert d.page_at(0) == 1 and d.page_at(len(text)) == 3
 
