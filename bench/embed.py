@@ -1,5 +1,8 @@
 """Embedding throughput of BabelRAG's embedder, bf16 against an fp32 baseline in the same run.
 
+On a CPU without native bf16 (no AVX512-BF16/AMX, like this project's CI machine), bf16 is
+emulated and ~5x slower than fp32; ``embedding.dtype: auto`` picks fp32 there.
+
     python bench/embed.py [--corpus ../shared/data/xquad/corpus.jsonl] [--n 192]
 
 Embeds the first N paragraphs of the corpus (all 12 languages interleaved) as documents,

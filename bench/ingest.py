@@ -1,6 +1,6 @@
 """Ingestion throughput against the bare encoder, in the same run.
 
-    python bench/ingest.py [--corpus ../shared/data/xquad/corpus.jsonl] [--limit N] [--json OUT]
+    python bench/ingest.py [--corpus ../shared/data/xquad/corpus.jsonl] [--paragraphs N] [--json OUT]
 
 Writes every corpus paragraph to its own .txt file (2,880 files in 12 languages), then:
 1. ``babelrag ingest``'s code path (``Pipeline.ingest``: discover, hash, load, chunk with the
@@ -32,11 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/xquad/corpus.jsonl")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu-small.yaml")
-    parser.add_argument("--limit", type=int, default=None, help="first N paragraphs only")
+    parser.add_argument("--paragraphs", type=int, default=240, help="the first N paragraphs of every language")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.corpus.read_text(encoding="utf-8").splitlines()][: args.limit]
+    rows = [json.loads(line) for line in args.corpus.read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r["para"] < args.paragraphs]
     work = Path(tempfile.mkdtemp(prefix="babelrag-bench-"))
     for row in rows:
         folder = work / "corpus" / row["lang"]
@@ -52,7 +53,7 @@ def main() -> None:
     rag.language.detect(warm)
     print(
         f"{len(rows)} files, {len({r['lang'] for r in rows})} languages; embedding {settings.embedding.model} "
-        f"({settings.embedding.dtype}, batch {settings.embedding.batch_size}) on {os.cpu_count()} CPUs"
+        f"({rag.embedder.dtype}, batch {settings.embedding.batch_size}) on {os.cpu_count()} CPUs"
     )
 
     start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -40,6 +41,7 @@ class SentenceTransformerEmbedder:
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
         self.config = config or EmbeddingConfig()
         self._model = None
+        self.dtype: str | None = None  # resolved in warm_up
 
     @property
     def model_id(self) -> str:
@@ -72,10 +74,9 @@ class SentenceTransformerEmbedder:
         device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = resolve_dtype(self.config.dtype, device)
         try:
-            model = SentenceTransformer(
-                name, device=device, model_kwargs={"dtype": getattr(torch, self.config.dtype)}
-            )
+            model = SentenceTransformer(name, device=device, model_kwargs={"dtype": getattr(torch, self.dtype)})
         except (OSError, ValueError) as e:
             raise missing_model(
                 self.config.model, role="embedding", setting="BABELRAG_EMBEDDING_MODEL", why=str(e).splitlines()[0]
@@ -123,3 +124,20 @@ class SentenceTransformerEmbedder:
             "dimension": self.dimension,
             "document_prompt": "(saved with the model)" if prompt is None else prompt,
         }
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``dtype`` unless "auto": bfloat16 where the hardware computes it natively, else float32."""
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cpu"):
+        return "bfloat16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: do not guess
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

@@ -89,3 +89,14 @@ def test_missing_file_says_which(tmp_path):
 def test_shipped_configs_load():
     for path in (ROOT / "configs").glob("*.yaml"):
         load_settings(path)
+
+
+def test_auto_dtype_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from rag import embedder
+
+    assert embedder.resolve_dtype("float16", "cpu") == "float16"  # explicit wins
+    assert embedder.resolve_dtype("auto", "cuda:0") == "bfloat16"
+    monkeypatch.setattr(embedder, "cpu_has_native_bf16", lambda: False)
+    assert embedder.resolve_dtype("auto", "cpu") == "float32"  # emulated bf16 was 5x slower here
+    monkeypatch.setattr(embedder, "cpu_has_native_bf16", lambda: True)
+    assert embedder.resolve_dtype("auto", "cpu") == "bfloat16"
