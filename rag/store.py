@@ -12,9 +12,9 @@ rather than a file beside it so that jobs feeding a shared ``chroma run`` server
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlparse

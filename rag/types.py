@@ -6,7 +6,6 @@ import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 MAX_CONTEXT_CHARS = 120  # title + section heading prepended to a chunk for the embedder
 
 

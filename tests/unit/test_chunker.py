@@ -147,7 +147,6 @@ def test_real_tokenizer_budget_on_eight_languages(embedder):
     from ingestion.chunker import tokenizer_spans
     from ingestion.loader import load_document
     from rag.config import IngestionConfig
-
     from tests.conftest import EXAMPLES
 
     chunker = SentenceChunker(tokenizer_spans(embedder.tokenizer), ChunkingConfig(max_tokens=64, overlap_tokens=8))
