@@ -1,0 +1,102 @@
+"""First-stage retrieval latency at 10k chunks, against exact NumPy search in the same run.
+
+    python bench/query.py [--chunks 10000] [--queries 50] [--json OUT]
+
+Fills an embedded Chroma collection with ``--chunks`` unit vectors of the embedding model's
+dimension (random: the store's search time does not depend on what the vectors mean, and
+embedding 10k real chunks takes ~10 min on this CPU), then times, for xquad dev questions in
+12 languages:
+- ``Pipeline.retrieve`` (query embedding + Chroma HNSW top-20), end to end;
+- its two parts: the query embedding alone, and the Chroma query alone;
+- the baseline: exact top-20 by a NumPy dot product over the same vectors.
+Prints median and p95 milliseconds per query, and the ratio of Chroma to NumPy search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rag import Pipeline, load_settings  # noqa: E402
+from rag.types import Chunk  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries-file", type=Path, default=ROOT.parent / "shared/data/xquad/queries_dev.jsonl")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu-small.yaml")
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=48)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in args.queries_file.read_text(encoding="utf-8").splitlines()]
+    questions = [r["question"] for r in rows[:: max(1, len(rows) // args.queries)]][: args.queries]
+
+    settings = load_settings(args.config)
+    settings.store.path = Path(tempfile.mkdtemp(prefix="babelrag-query-")) / "chroma"
+    settings.store.url = None
+    rag = Pipeline(settings)
+    rag.embedder.embed_queries(["warm up"])
+    dim = rag.embedder.dimension
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((args.chunks, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    fingerprint = {"embedding_model": rag.embedder.model_id, "dimension": dim, "bench": "random vectors"}
+    rag.store.ensure_collection("bench-query", fingerprint=fingerprint)
+    start = time.perf_counter()
+    for i in range(0, args.chunks, 1000):
+        batch = [
+            Chunk(id=f"c{j}", text=f"chunk {j}", source=f"/bench/{j // 10}.txt", index=j % 10, start=0, end=9,
+                  language="en", doc_hash="x")  # fmt: skip
+            for j in range(i, min(i + 1000, args.chunks))
+        ]
+        rag.store.upsert("bench-query", batch, vectors[i : i + len(batch)])
+    fill_s = time.perf_counter() - start
+
+    k = settings.retrieval.candidates
+    end_to_end, embed, chroma, exact = [], [], [], []
+    for q in questions:
+        t = time.perf_counter()
+        rag.retrieve(q, collection="bench-query", top_k=k, reranker="none")
+        end_to_end.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        vector = rag.embedder.embed_queries([q])[0]
+        embed.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rag.store.query("bench-query", vector, top_k=k)
+        chroma.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        scores = vectors @ vector
+        np.argpartition(-scores, k)[:k]
+        exact.append(time.perf_counter() - t)
+
+    def ms(xs: list[float]) -> tuple[float, float]:
+        xs = sorted(xs)
+        return statistics.median(xs) * 1000, xs[int(0.95 * (len(xs) - 1))] * 1000
+
+    numbers = {"chunks": args.chunks, "queries": len(questions), "top_k": k, "fill_s": round(fill_s, 1)}
+    print(f"{args.chunks} chunks ({dim} dims) stored in {fill_s:.1f} s; {len(questions)} xquad dev questions, top {k}")
+    for name, xs in (("retrieve (end to end)", end_to_end), ("  query embedding", embed),
+                     ("  Chroma query", chroma), ("exact NumPy search", exact)):  # fmt: skip
+        median, p95 = ms(xs)
+        numbers[name.strip()] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
+        print(f"{name:24s} median {median:7.2f} ms   p95 {p95:7.2f} ms")
+    print(f"Chroma / exact search: {statistics.median(chroma) / statistics.median(exact):.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2))
+
+
+if __name__ == "__main__":
+    main()
