@@ -162,7 +162,7 @@ class ChromaStore:
         meta = collection.metadata or {}
         try:
             documents = self._manifest_collection(collection.name).count()
-        except Exception:  # a collection written before manifests existed
+        except StoreError:  # a collection written before manifests existed
             documents = None
         return CollectionInfo(
             name=collection.name,

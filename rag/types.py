@@ -43,7 +43,7 @@ class Document:
 
     def heading_at(self, offset: int) -> str | None:
         """The last section heading at or before ``offset``."""
-        i = bisect.bisect_right([h[0] for h in self.headings], offset)
+        i = bisect.bisect_right(self.headings, offset, key=lambda h: h[0])
         return self.headings[i - 1][1] if i else None
 
 
