@@ -11,7 +11,8 @@ same ids), (3) the deletion of the file's stale chunks, (4) the entry with statu
 killed at any point leaves a "writing" entry, which the next run treats as changed; it then
 finds the file's stored chunks by source, writes what is missing and deletes what is stale, so
 it converges to the chunks of an uninterrupted run. Chunks of a source are only ever written
-after its entry exists, so none can be orphaned.
+after its entry exists, so none can be orphaned. A changed file with no new chunks to write
+skips (1): its entry still holds the old hash until (4), which makes it changed to a re-run.
 
 Loading and chunking run in a background thread, ahead of embedding; chunks from several
 files are embedded and upserted together in batches of ``ingestion.upsert_batch``.
@@ -296,7 +297,6 @@ class _Writer:
         finished = [s for s in self.open if s.waiting == 0]
         if not finished:
             return
-        self._mark([s for s in finished if not s.marked])
         stale = [i for s in finished for i in s.stored - {c.id for c in s.parsed.chunks}]
         self.store.delete(self.collection, stale)
         self.report.chunks_deleted += len(stale)
