@@ -17,37 +17,30 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rag import Pipeline, load_settings  # noqa: E402
+from common import CPU_CONFIG, XQUAD, read_jsonl, scratch_pipeline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/xquad/corpus.jsonl")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu-small.yaml")
+    parser.add_argument("--corpus", type=Path, default=XQUAD / "corpus.jsonl")
+    parser.add_argument("--config", type=Path, default=CPU_CONFIG)
     parser.add_argument("--paragraphs", type=int, default=240, help="the first N paragraphs of every language")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.corpus.read_text(encoding="utf-8").splitlines()]
-    rows = [r for r in rows if r["para"] < args.paragraphs]
+    rows = [r for r in read_jsonl(args.corpus) if r["para"] < args.paragraphs]
     work = Path(tempfile.mkdtemp(prefix="babelrag-bench-"))
     for row in rows:
         folder = work / "corpus" / row["lang"]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{row['doc_id']}.txt").write_text(row["text"], encoding="utf-8")
 
-    settings = load_settings(args.config)
-    settings.store.path = work / "chroma"
-    settings.store.url = None
-    rag = Pipeline(settings)
+    rag = scratch_pipeline(args.config, work / "chroma")
+    settings = rag.settings
     warm = rows[0]["text"]
     rag.embedder.embed_documents([warm] * 8)  # load the model and warm up the kernels
     rag.language.detect(warm)

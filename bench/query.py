@@ -17,36 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import CPU_CONFIG, XQUAD, read_jsonl, scratch_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rag import Pipeline, load_settings  # noqa: E402
-from rag.types import Chunk  # noqa: E402
+from rag.types import Chunk
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries-file", type=Path, default=ROOT.parent / "shared/data/xquad/queries_dev.jsonl")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu-small.yaml")
+    parser.add_argument("--queries-file", type=Path, default=XQUAD / "queries_dev.jsonl")
+    parser.add_argument("--config", type=Path, default=CPU_CONFIG)
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=48)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.queries_file.read_text(encoding="utf-8").splitlines()]
+    rows = read_jsonl(args.queries_file)
     questions = [r["question"] for r in rows[:: max(1, len(rows) // args.queries)]][: args.queries]
 
-    settings = load_settings(args.config)
-    settings.store.path = Path(tempfile.mkdtemp(prefix="babelrag-query-")) / "chroma"
-    settings.store.url = None
-    rag = Pipeline(settings)
+    rag = scratch_pipeline(args.config, Path(tempfile.mkdtemp(prefix="babelrag-query-")) / "chroma")
+    settings = rag.settings
     rag.embedder.embed_queries(["warm up"])
     dim = rag.embedder.dimension
     rng = np.random.default_rng(0)
