@@ -190,10 +190,12 @@ def tokenizer_spans(tokenizer) -> TokenSpans:
     encodes with the same tokenizer, and a fast tokenizer's padding/truncation state is not
     safe to share across threads ("Unable to create tensor" errors, seen here).
     """
-    own = copy.deepcopy(tokenizer)
+    own = []  # the copy, made on first use: it costs ~2 s, and a job of unchanged files never chunks
 
     def spans(text: str) -> list[tuple[int, int]]:
-        enc = own(text, add_special_tokens=False, return_offsets_mapping=True)
+        if not own:
+            own.append(copy.deepcopy(tokenizer))
+        enc = own[0](text, add_special_tokens=False, return_offsets_mapping=True)
         return [tuple(o) for o in enc["offset_mapping"]]
 
     return spans
