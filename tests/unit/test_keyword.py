@@ -1,0 +1,227 @@
+import numpy as np
+import pytest
+
+from rag.errors import StoreError
+from rag.keyword import KeywordIndex, tokenize
+
+# One fact, "The Eiffel Tower is 330 metres tall and stands in Paris", in eight languages,
+# with the question each reader would ask. Each sentence shares its question's words only in
+# its own language; the number and the name match across languages too, which is what the
+# ranking tests must see through.
+FACTS = {
+    "en": (
+        "The Eiffel Tower in Paris is 330 metres tall and was finished in 1889.",
+        "How tall is the Eiffel Tower in Paris?",
+    ),
+    "de": (
+        "Der Eiffelturm in Paris ist 330 Meter hoch und wurde 1889 fertiggestellt.",
+        "Wie hoch ist der Eiffelturm in Paris?",
+    ),
+    "ru": (
+        "Эйфелева башня в Париже имеет высоту 330 метров и была достроена в 1889 году.",
+        "Какова высота Эйфелевой башни в Париже?",
+    ),
+    "ar": (
+        "يبلغ ارتفاع برج إيفل في باريس 330 مترا وقد اكتمل بناؤه عام 1889.",
+        "كم يبلغ ارتفاع برج إيفل في باريس؟",
+    ),
+    "hi": (
+        "पेरिस में एफ़िल टॉवर की ऊँचाई 330 मीटर है और यह 1889 में बनकर पूरा हुआ।",
+        "पेरिस में एफ़िल टॉवर की ऊँचाई कितनी है?",
+    ),
+    "th": (
+        "หอไอเฟลในกรุงปารีสมีความสูง 330 เมตร และสร้างเสร็จในปี 1889",
+        "หอไอเฟลในปารีสมีความสูงเท่าไร",
+    ),
+    "zh": (
+        "巴黎的埃菲尔铁塔高330米，于1889年建成。",
+        "巴黎埃菲尔铁塔有多高？",
+    ),
+    "ja": (
+        "パリのエッフェル塔の高さは330メートルで、1889年に完成した。",
+        "エッフェル塔の高さはどれくらいですか？",
+    ),
+}
+# Unrelated chunks, so that document frequencies are not all one.
+FILLER = {
+    "en": "The museum opens at nine and closes at six on weekdays.",
+    "de": "Das Museum öffnet um neun Uhr und schließt werktags um sechs.",
+    "ru": "Музей открывается в девять и закрывается в шесть по будням.",
+    "zh": "博物馆工作日九点开门，六点关门。",
+}
+
+
+@pytest.fixture(scope="module")
+def index() -> KeywordIndex:
+    ids = [f"fact-{lang}" for lang in FACTS] + [f"filler-{lang}" for lang in FILLER]
+    texts = [text for text, _ in FACTS.values()] + list(FILLER.values())
+    languages = list(FACTS) + list(FILLER)
+    return KeywordIndex.build(ids, texts, languages)
+
+
+# --- tokenize ---------------------------------------------------------------------------
+
+
+def test_english_words_are_casefolded_and_lose_function_words():
+    assert tokenize("The Tower of PARIS, built in 1889", "en") == ["tower", "paris", "built", "1889"]
+
+
+def test_german_casefolds_sharp_s_and_keeps_umlauts():
+    assert tokenize("Die Straße über den Fluß", "de") == ["strasse", "über", "fluss"]
+    assert tokenize("STRASSE") == tokenize("Straße")
+
+
+def test_russian_words():
+    assert tokenize("Эйфелева башня в Париже", "ru") == ["эйфелева", "башня", "париже"]
+
+
+def test_arabic_diacritics_and_tatweel_are_stripped():
+    assert tokenize("كَتَبَ", "ar") == tokenize("كتب", "ar") == ["كتب"]
+    assert tokenize("كـــتب", "ar") == ["كتب"]
+
+
+def test_hindi_vowel_signs_stay_inside_words():
+    assert tokenize("हिन्दी", "hi") == ["हिन्दी"]
+    assert tokenize("भारत की राजभाषा हिन्दी है", "hi") == ["भारत", "राजभाषा", "हिन्दी"]
+
+
+def test_unspaced_scripts_give_overlapping_bigrams():
+    assert tokenize("埃菲尔铁塔", "zh") == ["埃菲", "菲尔", "尔铁", "铁塔"]
+    assert tokenize("エッフェル塔", "ja") == ["エッ", "ッフ", "フェ", "ェル", "ル塔"]
+    assert tokenize("塔", "zh") == ["塔"]  # a one-character run is its own token
+
+
+def test_thai_bigrams_keep_vowel_and_tone_marks_on_their_letter():
+    # "ความสูง" (height): the vowel mark of "สู" belongs to its consonant, never to a bigram alone
+    assert tokenize("ความสูง", "th") == ["คว", "วา", "าม", "มสู", "สูง"]
+
+
+def test_numbers_are_tokens_in_any_script():
+    assert tokenize("330 metres", "en") == ["330", "metres"]
+    assert tokenize("330 เมตร", "th") == ["330", "เม", "มต", "ตร"]
+    assert tokenize("٣٣٠ مترا", "ar") == tokenize("330 مترا", "ar")  # Arabic-Indic digits
+
+
+def test_english_function_words_inside_thai_text_are_dropped():
+    tokens = tokenize("ภาษาไทย with the English word", "th")
+    assert "the" not in tokens
+    assert "with" not in tokens
+    assert "english" in tokens
+    # stopwords go whatever the language says, even when it is unknown
+    assert "the" not in tokenize("ภาษาไทย with the English word")
+
+
+def test_short_latin_tokens_are_dropped_only_in_non_latin_languages():
+    assert tokenize("北京 NFL km Paris", "zh") == ["北京", "paris"]
+    assert tokenize("NFL km Paris", "en") == ["nfl", "km", "paris"]
+    assert tokenize("北京 NFL km 2024", None) == ["北京", "nfl", "km", "2024"]
+
+
+def test_nothing_to_index():
+    assert tokenize("") == []
+    assert tokenize("!!! ... ---") == []
+    assert tokenize("the of and", "en") == []
+
+
+# --- KeywordIndex ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", list(FACTS))
+def test_query_ranks_its_own_language_first(index, language):
+    _, question = FACTS[language]
+    hits = index.search(question, language=language, top_k=5)
+    assert hits[0][0] == f"fact-{language}"
+    scores = [score for _, score in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(score > 0 for score in scores)
+
+
+def test_chinese_query_finds_the_chinese_phrase(index):
+    assert index.search("埃菲尔铁塔", language="zh", top_k=3)[0][0] == "fact-zh"
+
+
+def test_mask_restricts_results_to_one_language(index):
+    # "330" and "1889" occur in every fact: without a mask all eight languages match
+    assert len(index.search("330 1889", language=None, top_k=20)) == len(FACTS)
+    mask = index.mask_for(languages=["de"])
+    assert [hit for hit, _ in index.search("330 1889", language=None, top_k=20, mask=mask)] == ["fact-de"]
+
+
+def test_mask_for_ids_and_languages(index):
+    mask = index.mask_for(languages=["en", "de"], ids=["fact-en", "filler-en", "fact-zh", "unknown"])
+    assert mask.dtype == bool and mask.shape == (len(index),)
+    chosen = index.search("330 museum", language="en", top_k=20, mask=mask)
+    assert sorted(hit for hit, _ in chosen) == ["fact-en", "filler-en"]
+    assert index.mask_for().all()
+
+
+def test_top_k_larger_than_the_index(index):
+    hits = index.search("330", language=None, top_k=1000)
+    assert len(hits) == len(FACTS) < len(index)
+
+
+def test_top_k_cuts_the_ranking(index):
+    assert index.search("330", language=None, top_k=3) == index.search("330", language=None, top_k=100)[:3]
+
+
+@pytest.mark.parametrize("query", ["", "  ?! ", "the of and", "Qwertzuiop"])
+def test_query_without_known_terms_finds_nothing(index, query):
+    assert index.search(query, language="en", top_k=5) == []
+
+
+def test_bad_mask_and_top_k_are_refused(index):
+    with pytest.raises(ValueError, match="mask"):
+        index.search("330", language=None, top_k=5, mask=np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="top_k"):
+        index.search("330", language=None, top_k=0)
+
+
+def test_build_refuses_duplicate_ids_and_ragged_input():
+    with pytest.raises(ValueError, match="unique"):
+        KeywordIndex.build(["a", "a"], ["one", "two"], ["en", "en"])
+    with pytest.raises(ValueError, match="parallel"):
+        KeywordIndex.build(["a"], ["one", "two"], ["en", "en"])
+
+
+def test_index_without_any_term_finds_nothing(tmp_path):
+    empty = KeywordIndex.build([], [], [])
+    blank = KeywordIndex.build(["a", "b"], ["", "the"], ["en", None])
+    assert len(empty) == 0 and len(blank) == 2
+    assert blank.search("anything", language="en", top_k=3) == []
+    blank.save(tmp_path / "kw")
+    assert len(KeywordIndex.load(tmp_path / "kw")) == 2
+
+
+def test_save_and_load_give_identical_results(index, tmp_path):
+    path = tmp_path / "keyword"
+    index.save(path)
+    loaded = KeywordIndex.load(path)
+    assert len(loaded) == len(index)
+    for language, (_, question) in FACTS.items():
+        assert loaded.search(question, language=language, top_k=10) == index.search(
+            question, language=language, top_k=10
+        )
+    assert loaded.mask_for(languages=["ja"]).tolist() == index.mask_for(languages=["ja"]).tolist()
+
+
+def test_save_replaces_an_existing_index_and_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "keyword"
+    KeywordIndex.build(["old"], ["first version"], ["en"]).save(path)
+    KeywordIndex.build(["new"], ["second version"], ["en"]).save(path)
+    assert KeywordIndex.load(path).search("version", language="en", top_k=5)[0][0] == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["keyword"]
+
+
+def test_unicode_ids_survive_a_round_trip(tmp_path):
+    ids = ["文書/第1章#0", "Straße.md#2", "तथ्य-१"]
+    built = KeywordIndex.build(ids, ["埃菲尔铁塔", "Eiffelturm", "एफ़िल टॉवर"], ["zh", "de", "hi"])
+    built.save(tmp_path / "kw")
+    loaded = KeywordIndex.load(tmp_path / "kw")
+    assert loaded.search("铁塔", language="zh", top_k=3)[0][0] == "文書/第1章#0"
+    assert loaded.search("टॉवर", language="hi", top_k=3)[0][0] == "तथ्य-१"
+    assert loaded.mask_for(ids=["Straße.md#2"]).tolist() == [False, True, False]
+
+
+def test_loading_a_folder_without_an_index_says_what_to_do(tmp_path):
+    with pytest.raises(StoreError, match="rebuild the index"):
+        KeywordIndex.load(tmp_path)
