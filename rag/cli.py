@@ -15,11 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from rag.config import Settings, load_settings
-from rag.errors import BabelRAGError
+from rag.errors import BabelRAGError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BabelRAG: multilingual two-stage RAG.")
 llm_app = typer.Typer(no_args_is_help=True, help="Run vLLM's OpenAI-compatible server for the configured model.")
 app.add_typer(llm_app, name="llm")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later answers) on a benchmark.")
+app.add_typer(eval_app, name="eval")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -76,7 +78,9 @@ def ingest(
         report = rag.ingest(paths, settings.store.collection, prune=prune, reindex=reindex, progress=progress)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     saved = report.save(report_path or settings.ingestion.report_dir / f"ingest-{report.collection}-{stamp}.json")
-    rate = f" in {report.seconds:.1f} s ({report.chunks_written / report.seconds:.1f} chunks/s)" if report.seconds else ""
+    rate = (
+        f" in {report.seconds:.1f} s ({report.chunks_written / report.seconds:.1f} chunks/s)" if report.seconds else ""
+    )
     out.print(
         f"collection [bold]{report.collection}[/]{' (rebuilt)' if report.reindexed else ''}: "
         f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
@@ -136,9 +140,7 @@ def _ingest_progress():
 
 
 @app.command()
-def documents(
-    collection: CollectionOpt = None, chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None
-) -> None:
+def documents(collection: CollectionOpt = None, chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None) -> None:
     """List the documents (source files) of a knowledge base."""
     settings = _settings(config, store={"collection": collection, "url": chroma_url})
     table = Table("file", "lang", "chunks", "pages", "status", "source")
@@ -207,7 +209,9 @@ def ask(
         out.file.flush()
     answer = stream.answer()
     out.print()
-    out.print(f"\n[dim]question language: {answer.question_language or '?'} · answer language: {answer.language or '?'}[/]")
+    out.print(
+        f"\n[dim]question language: {answer.question_language or '?'} · answer language: {answer.language or '?'}[/]"
+    )
     out.print("[bold]Sources[/]")
     for c in answer.citations:
         mark = "*" if c.cited else " "
@@ -226,6 +230,63 @@ def collections(chroma_url: ChromaUrlOpt = None, config: ConfigOpt = None) -> No
         docs = "?" if info.documents is None else str(info.documents)
         table.add_row(info.name, docs, str(info.count), info.embedding_model or "?")
     out.print(table)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    corpus: Annotated[Path, typer.Option("--corpus", help="JSONL: doc_id, para, lang, text per line.")],
+    queries: Annotated[Path, typer.Option("--queries", help="JSONL: qid, lang, question, para per line.")],
+    task: Annotated[
+        str, typer.Option("--task", help="matrix (12×12 language filters), polyglot (mixed corpus) or both.")
+    ] = "both",
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write the run file (JSONL, top 20) here.")] = None,
+    heatmap_path: Annotated[
+        Optional[Path], typer.Option("--heatmap", help="PNG of the matrix; default: next to --out.")
+    ] = None,
+    languages: Annotated[
+        Optional[str], typer.Option("--languages", help="Comma-separated subset, e.g. de,en,zh.")
+    ] = None,
+    sample: Annotated[
+        Optional[int], typer.Option("--sample", help="Keep N questions (each in all its languages), spread evenly.")
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option("--mode", help="First stage: dense or hybrid (default from config).")
+    ] = None,
+    reranker: RerankerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest a benchmark corpus into a throwaway collection and score every query."""
+    from rag.evaluation import evaluate_retrieval, format_report, heatmap
+
+    tasks = {"both": ("matrix", "polyglot"), "matrix": ("matrix",), "polyglot": ("polyglot",)}.get(task)
+    if tasks is None:
+        raise ConfigError(f"--task must be matrix, polyglot or both, got {task!r}")
+    overrides: dict[str, Any] = {"store": {"url": chroma_url}}
+    if mode:
+        overrides["retrieval"] = {"mode": mode}
+    settings = _settings(config, **overrides)
+    report = evaluate_retrieval(
+        _pipeline(settings),
+        corpus=corpus,
+        queries=queries,
+        tasks=tasks,
+        languages=[x.strip() for x in languages.split(",") if x.strip()] if languages else None,
+        sample=sample,
+        reranker=reranker,
+        out=out_path,
+        progress=lambda msg: err.print(msg, markup=False, soft_wrap=True),
+    )
+    if report.matrix is not None and (heatmap_path or out_path):
+        png = heatmap(report.matrix, heatmap_path or out_path.with_suffix(".png"))  # type: ignore[union-attr]
+        err.print(f"heatmap: {png}")
+    if out_path:
+        err.print(f"run file: {out_path}")
+    if as_json:
+        print(report.to_json())
+    else:
+        out.print(format_report(report), markup=False)
 
 
 @llm_app.command("serve")
@@ -257,15 +318,16 @@ def llm_serve(
 
 @llm_app.command("stop")
 def llm_stop(
-    port: Annotated[Optional[int], typer.Option(help="Port of the server to stop.")] = None,
-    config: ConfigOpt = None,
+    port: Annotated[Optional[int], typer.Option(help="Port of the server to stop.")] = None, config: ConfigOpt = None
 ) -> None:
     """Stop a server started with `babelrag llm serve --detach`."""
     from rag import llm_server
 
     settings = _settings(config, vllm={"port": port})
     stopped = llm_server.stop(settings)
-    out.print(f"stopped vLLM on port {settings.vllm.port}" if stopped else f"no vLLM running on port {settings.vllm.port}")
+    out.print(
+        f"stopped vLLM on port {settings.vllm.port}" if stopped else f"no vLLM running on port {settings.vllm.port}"
+    )
 
 
 def main() -> None:

@@ -105,14 +105,46 @@ class LanguageConfig(_Section):
 class RetrievalConfig(_Section):
     top_k: int = Field(5, ge=1)
     candidates: int = Field(20, ge=1)  # first-stage hits handed to the reranker
+    # dense: embeddings only. hybrid: adds script-aware BM25 (see README, "Retrieval").
+    mode: Literal["dense", "hybrid"] = "hybrid"
+    # dense: re-score the centring_depth nearest chunks with per-language mean-centred vectors
+    centring: bool = True
+    centring_depth: int = Field(100, ge=1)
+    centroid_sample: int = Field(50_000, ge=1)  # chunks read to estimate the centroids
+    centroid_prior: float = Field(100.0, ge=0)  # shrinks small languages' centroids to the mean
+    # hybrid: where keyword (BM25) scores count, how they are fused with the dense ones
+    keyword_scope: Literal["own-language", "all"] = "own-language"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    keyword_weight: float = Field(0.1, ge=0)
+    rrf_k: int = Field(60, ge=1)
+    index_recheck_s: float = Field(2.0, ge=0)  # how often the keyword index and centroids look for store changes
+    query_cache: int = Field(4096, ge=0)  # query embeddings kept in memory (LRU)
 
 
 class RerankerConfig(_Section):
     kind: Literal["none", "cross-encoder", "llm-listwise"] = "none"
+    # How many first-stage hits the reranker reorders (top-n in); the rest keep their
+    # first-stage order behind them. The answer takes retrieval.top_k of the result (top-n out).
+    top_n: int = Field(20, ge=1)
+    # cross-encoder
     model: str = "BAAI/bge-reranker-v2-m3"  # cross-encoder id or folder
     device: str = "cpu"
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(512, ge=16)
+    # llm-listwise (RankGPT sliding window, through the llm section's server): windows of
+    # ``window`` passages move from the bottom of the list to the top by ``stride``.
+    window: int = Field(10, ge=2)
+    stride: int = Field(5, ge=1)
+    passage_chars: int = Field(400, ge=50)  # each passage is cut to this many characters in the prompt
+
+    @model_validator(mode="after")
+    def _stride_fits_window(self) -> RerankerConfig:
+        if self.stride >= self.window:
+            raise ValueError(
+                f"reranker.stride must be smaller than reranker.window (got stride {self.stride}, "
+                f"window {self.window}); otherwise windows do not overlap and a passage cannot move up past one"
+            )
+        return self
 
 
 class LLMConfig(_Section):

@@ -16,7 +16,7 @@ from rag.errors import ConfigError, QueryError
 from rag.generator import Generator, LLMClient, OpenAIGenerator
 from rag.language import LanguageIdentifier, language_identifier
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
-from rag.retriever import DenseRetriever, Retriever
+from rag.retriever import DenseRetriever, HybridRetriever, Retriever
 from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
 from rag.types import Answer, Citation, Hit
 
@@ -52,7 +52,10 @@ class Pipeline:
         self.language = language or language_identifier(s.language)
         self.llm = llm or LLMClient(s.llm)
         self.generator = generator or OpenAIGenerator(self.llm)
-        self.retriever: Retriever = DenseRetriever(self.embedder, self.store)
+        dense = DenseRetriever(self.embedder, self.store, cache_size=s.retrieval.query_cache, config=s.retrieval)
+        self.retriever: Retriever = (
+            HybridRetriever(dense, self.store, s.retrieval) if s.retrieval.mode == "hybrid" else dense
+        )
         self._rerankers: dict[str, Reranker] = {}
 
     # -- ingestion -----------------------------------------------------------------------
@@ -131,7 +134,7 @@ class Pipeline:
             elif kind == "cross-encoder":
                 self._rerankers[kind] = CrossEncoderReranker(self.settings.reranker)
             elif kind == "llm-listwise":
-                self._rerankers[kind] = LLMListwiseReranker(self.llm)
+                self._rerankers[kind] = LLMListwiseReranker(self.llm, self.settings.reranker)
             else:
                 allowed = RerankerConfig.model_fields["kind"].annotation.__args__  # type: ignore[union-attr]
                 raise QueryError(f"unknown reranker {kind!r}; choose one of {', '.join(allowed)}")
@@ -146,16 +149,33 @@ class Pipeline:
         where: Where | None = None,
         reranker: str | None = None,
     ) -> list[Hit]:
-        """Best ``top_k`` chunks for ``query``: dense candidates, then the reranker's order."""
-        query = _check_question(query)
+        """Best ``top_k`` chunks for ``query``: first-stage candidates, then the reranker's order.
+
+        ``where`` filters on chunk metadata, e.g. ``{"language": "de"}`` or ``{"source": path}``.
+        """
+        return self.retrieve_many([query], collection=collection, top_k=top_k, where=where, reranker=reranker)[0]
+
+    def retrieve_many(
+        self,
+        queries: Sequence[str],
+        *,
+        collection: str | None = None,
+        top_k: int | None = None,
+        where: Where | None = None,
+        reranker: str | None = None,
+    ) -> list[list[Hit]]:
+        """``retrieve`` for a batch of queries: one embedding call and one store call."""
+        queries = [_check_question(q) for q in queries]
         top_k = top_k or self.settings.retrieval.top_k
         if top_k < 1:
             raise QueryError(f"top_k must be at least 1, got {top_k}")
         collection = collection or self.settings.store.collection
         self.store.info(collection)  # an unknown collection fails before any model loads
-        candidates = max(top_k, self.settings.retrieval.candidates)
-        hits = self.retriever.retrieve(query, collection, top_k=candidates, where=where)
-        return self.reranker(reranker).rerank(query, hits)[:top_k]
+        rerank = self.reranker(reranker)
+        depth = max(top_k, self.settings.retrieval.candidates)
+        languages = [self.language.detect(q) for q in queries]
+        batches = self.retriever.retrieve(queries, collection, top_k=depth, where=where, languages=languages)
+        return [rerank.rerank(q, hits)[:top_k] for q, hits in zip(queries, batches, strict=True)]
 
     # -- generation ----------------------------------------------------------------------
 
@@ -241,7 +261,7 @@ def citations(text: str, hits: Sequence[Hit]) -> list[Citation]:
 def _check_question(question: str) -> str:
     question = (question or "").strip()
     if not question:
-        raise QueryError("the question is empty; type a question, e.g. babelrag ask \"What is the leave policy?\"")
+        raise QueryError('the question is empty; type a question, e.g. babelrag ask "What is the leave policy?"')
     if len(question) > MAX_QUESTION_CHARS:
         raise QueryError(f"the question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
     return question

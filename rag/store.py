@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -84,7 +84,33 @@ class VectorStore(Protocol):
 
     def delete(self, name: str, ids: Iterable[str]) -> None: ...
 
-    def query(self, name: str, embedding: np.ndarray, *, top_k: int, where: Where | None = None) -> list[Hit]: ...
+    def query(self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None) -> list[list[Hit]]:
+        """Best ``top_k`` chunks for each row of ``embeddings`` (one query per row)."""
+        ...
+
+    def query_with_vectors(
+        self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None
+    ) -> list[tuple[list[Hit], np.ndarray]]:
+        """``query``, plus the stored vector of each hit (one row per hit)."""
+        ...
+
+    def vectors(self, name: str, *, limit: int) -> tuple[list[str | None], np.ndarray]:
+        """Languages and vectors of up to ``limit`` chunks (e.g. for per-language centroids)."""
+        ...
+
+    def chunks(self, name: str) -> Iterator[tuple[list[str], list[str], list[str | None]]]:
+        """Every chunk as pages of (ids, texts, languages), e.g. to build a keyword index."""
+        ...
+
+    def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
+        """The chunks with these ids, in the order given; unknown ids are left out."""
+        ...
+
+    def ids_where(self, name: str, where: Where) -> set[str]: ...
+
+    def version(self, name: str) -> str:
+        """Changes whenever the collection's content does (a cache key for derived indexes)."""
+        ...
 
 
 class ChromaStore:
@@ -151,9 +177,7 @@ class ChromaStore:
             ) from None
 
     def collections(self) -> list[CollectionInfo]:
-        return [
-            self._info(c) for c in self.client.list_collections() if not c.name.endswith(MANIFEST_SUFFIX)
-        ]
+        return [self._info(c) for c in self.client.list_collections() if not c.name.endswith(MANIFEST_SUFFIX)]
 
     def info(self, name: str) -> CollectionInfo:
         return self._info(self._collection(name))
@@ -291,24 +315,90 @@ class ChromaStore:
         if ids:
             self._collection(name).delete(ids=ids)
 
-    def query(self, name: str, embedding: np.ndarray, *, top_k: int, where: Where | None = None) -> list[Hit]:
+    def query(self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None) -> list[list[Hit]]:
+        return [hits for hits, _ in self._query(name, embeddings, top_k=top_k, where=where, vectors=False)]
+
+    def query_with_vectors(
+        self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None
+    ) -> list[tuple[list[Hit], np.ndarray]]:
+        return self._query(name, embeddings, top_k=top_k, where=where, vectors=True)
+
+    def _query(
+        self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None, vectors: bool
+    ) -> list[tuple[list[Hit], np.ndarray]]:
+        queries = np.asarray(embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries.reshape(1, -1)
+        if not len(queries):
+            return []
         collection = self._collection(name)
+        include = ["documents", "metadatas", "distances"] + (["embeddings"] if vectors else [])
         try:
             result = collection.query(
-                query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
-                n_results=top_k,
-                where=dict(where) if where else None,
-                include=["documents", "metadatas", "distances"],
+                query_embeddings=queries, n_results=top_k, where=dict(where) if where else None, include=include
             )
         except ValueError as e:
             raise StoreError(f"query on collection {name!r} failed: {e}") from e
-        hits = []
-        for id_, text, meta, distance in zip(
-            result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0], strict=True
+        out = []
+        for n, (ids, texts, metas, distances) in enumerate(
+            zip(result["ids"], result["documents"], result["metadatas"], result["distances"], strict=True)
         ):
-            score = 1.0 - float(distance)  # cosine distance -> cosine similarity
-            hits.append(Hit(chunk=_chunk(id_, text, meta), score=score, retrieval_score=score))
-        return hits
+            hits = []
+            for id_, text, meta, distance in zip(ids, texts, metas, distances, strict=True):
+                score = 1.0 - float(distance)  # cosine distance -> cosine similarity
+                hits.append(Hit(chunk=_chunk(id_, text, meta), score=score, retrieval_score=score))
+            found = np.empty((len(hits), queries.shape[1] if vectors else 0), dtype=np.float32)
+            if vectors and hits:
+                found = np.asarray(result["embeddings"][n], dtype=np.float32).reshape(len(hits), -1)
+            out.append((hits, found))
+        return out
+
+    def vectors(self, name: str, *, limit: int) -> tuple[list[str | None], np.ndarray]:
+        got = self._collection(name).get(include=["embeddings", "metadatas"], limit=limit)
+        languages = [(m or {}).get("language") for m in got["metadatas"]]
+        return languages, np.asarray(got["embeddings"], dtype=np.float32).reshape(len(languages), -1)
+
+    def chunks(self, name: str, *, batch: int = 2000) -> Iterator[tuple[list[str], list[str], list[str | None]]]:
+        """Every chunk of ``name`` as (ids, texts, languages) pages, for building a keyword index."""
+        collection = self._collection(name)
+        offset = 0
+        while True:
+            page = collection.get(include=["documents", "metadatas"], limit=batch, offset=offset)
+            if not page["ids"]:
+                return
+            yield (
+                list(page["ids"]),
+                [d or "" for d in page["documents"]],
+                [(m or {}).get("language") for m in page["metadatas"]],
+            )
+            offset += len(page["ids"])
+
+    def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
+        if not ids:
+            return []
+        got = self._collection(name).get(ids=list(ids), include=["documents", "metadatas"])
+        by_id = {
+            id_: _chunk(id_, text or "", meta or {})
+            for id_, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
+    def ids_where(self, name: str, where: Where) -> set[str]:
+        try:
+            return set(self._collection(name).get(where=dict(where), include=[])["ids"])
+        except ValueError as e:
+            raise StoreError(f"filter {dict(where)!r} on collection {name!r} failed: {e}") from e
+
+    def version(self, name: str) -> str:
+        count = self._collection(name).count()
+        try:
+            metas = self._manifest_collection(name).get(include=["metadatas"])["metadatas"]
+        except StoreError:
+            metas = []
+        rows = sorted(
+            f"{m.get('source')}|{m.get('content_hash')}|{m.get('status')}|{m.get('updated_at')}" for m in metas
+        )
+        return hashlib.sha256(f"{count}\n{chr(10).join(rows)}".encode()).hexdigest()[:16]
 
 
 def _source_id(source: str) -> str:
