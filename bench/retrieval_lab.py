@@ -186,12 +186,15 @@ def main() -> None:
         pos = {cid: n for n, cid in enumerate(ids)}
         bm25 = np.zeros_like(dense)
         bm25_own = np.zeros_like(dense)
+        bm25_ideal = np.zeros_like(dense)
         for i, q in enumerate(queries):
             for cid, s in index.search(q.question, language=q_lang[i], top_k=100):
                 bm25[i, pos[cid]] = s
             mask = index.mask_for(languages=[q_lang[i]])
             for cid, s in index.search(q.question, language=q_lang[i], top_k=100, mask=mask):
                 bm25_own[i, pos[cid]] = s
+            ideal = index.ideal_score(q.question, q_lang[i])
+            bm25_ideal[i] = bm25_own[i] / ideal if ideal > 0 else 0.0
 
         def rrf(*score_rows: np.ndarray, k: int = 60, weights=None) -> np.ndarray:
             out = np.zeros(score_rows[0].shape)
@@ -215,6 +218,8 @@ def main() -> None:
             systems[f"dense + {w}·bm25own/max"] = lambda i, w=w: dense[i] + w * norm(bm25_own[i])
             systems[f"centred + {w}·bm25own/max"] = lambda i, w=w: centred[i] + w * norm(bm25_own[i])
 
+        for w in (0.1, 0.2, 0.3, 0.5):
+            systems[f"centred + {w}·bm25own/ideal"] = lambda i, w=w: centred[i] + w * np.minimum(bm25_ideal[i], 1.0)
         for w in (0.1, 0.2):
             for bonus in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4):
                 systems[f"centred + {w}·bm25own/max + bonus {bonus}"] = (

@@ -313,6 +313,7 @@ class KeywordIndex:
         if len(self._position) != len(self._ids):
             raise ValueError("chunk ids must be unique; got duplicates")
         self._bm25 = bm25  # None when no text had a single token: bm25s cannot index that
+        self._doc_freq: np.ndarray | None = None
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], languages: Sequence[str | None]) -> KeywordIndex:
@@ -329,6 +330,27 @@ class KeywordIndex:
             bm25 = bm25s.BM25()
             bm25.index(corpus, show_progress=False)
         return cls(ids, languages, bm25)
+
+    def ideal_score(self, query: str, language: str | None) -> float:
+        """The BM25 score of an average-length chunk that holds each query term once: the sum of
+        the terms' IDF (a term no chunk has counts at full IDF). ``score / ideal_score`` tells how
+        much of the query a chunk matches, comparable across queries (unlike ``score / best``)."""
+        if self._bm25 is None:
+            return 0.0
+        n = len(self._ids)
+        vocab = self._bm25.vocab_dict
+        total = 0.0
+        for token in set(tokenize(query, language)):
+            df = self._df(vocab[token]) if token in vocab else 0
+            total += float(np.log(1 + (n - df + 0.5) / (df + 0.5)))  # Lucene's IDF, bm25s' default
+        return total
+
+    def _df(self, token_id: int) -> int:
+        if self._doc_freq is None:
+            scores = self._bm25.scores
+            indptr = np.asarray(scores["indptr"])
+            self._doc_freq = np.diff(indptr)  # CSC by token: non-zero entries = chunks holding it
+        return int(self._doc_freq[token_id]) if token_id < len(self._doc_freq) else 0
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -188,7 +188,8 @@ class HybridRetriever:
     chunks in the query's language: exact word overlap is strong evidence within a language and
     noise across languages (names and numbers aside, BM25 matches nothing useful in a translation,
     and fusing its noise pulls wrong-language chunks up). ``fusion`` is ``weighted``: the dense
-    cosine plus ``keyword_weight`` × BM25 score / the query's best BM25 score, or ``rrf``
+    cosine plus ``keyword_weight`` × the BM25 score over the query's ideal score (the share of
+    the query a chunk matches, see KeywordIndex.ideal_score), or ``rrf``
     (reciprocal rank fusion with constant ``rrf_k``).
 
     The keyword index is built from the store's chunk texts on first use and rebuilt when the
@@ -228,7 +229,7 @@ class HybridRetriever:
         if not queries:
             return []
         cfg = self.config
-        dense = self.dense.retrieve(queries, collection, top_k=top_k, where=where)
+        dense = self.dense.retrieve(queries, collection, top_k=top_k, where=where, languages=languages)
         index = self.keyword_index(collection)
         allowed = index.mask_for(ids=self.store.ids_where(collection, where)) if where else None
         langs = list(languages) if languages is not None else [None] * len(queries)
@@ -242,7 +243,10 @@ class HybridRetriever:
                 mask = mask if allowed is None else mask & allowed
             else:
                 mask = allowed
-            keyword.append(index.search(query, language=language, top_k=top_k, mask=mask))
+            found = index.search(query, language=language, top_k=top_k, mask=mask)
+            ideal = index.ideal_score(query, language)
+            # share of the query matched, in [0, 1]: one common word shared is a small lift
+            keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
         missing = {cid for kw in keyword for cid, _ in kw} - {h.chunk.id for hits in dense for h in hits}
         fetched = {c.id: c for c in self.store.get(collection, sorted(missing))}
         return [self._fuse(d, k, fetched, top_k) for d, k in zip(dense, keyword, strict=True)]
@@ -263,11 +267,10 @@ class HybridRetriever:
         else:
             cosine = {h.chunk.id: h.retrieval_score for h in dense}
             floor = min(cosine.values(), default=0.0)  # a keyword-only chunk is no better than the last dense one
-            best = keyword[0][1] if keyword else 1.0
             for cid in chunks:
                 scores[cid] = cosine.get(cid, floor)
-            for cid, s in keyword:
+            for cid, matched in keyword:
                 if cid in chunks:
-                    scores[cid] += cfg.keyword_weight * s / best
+                    scores[cid] += cfg.keyword_weight * matched
         ranked = sorted(scores, key=lambda cid: scores[cid], reverse=True)[:top_k]
         return [Hit(chunk=chunks[cid], score=scores[cid], retrieval_score=scores[cid]) for cid in ranked]

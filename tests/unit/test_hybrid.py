@@ -78,7 +78,7 @@ def test_dense_alone_ranks_the_vague_chunk_first(store):
 
 
 def test_own_language_keyword_match_lifts_the_exact_chunk(store):
-    (hits,) = hybrid(store, keyword_weight=0.2).retrieve([QUERY], "kb1", top_k=6, languages=["de"])
+    (hits,) = hybrid(store, keyword_weight=0.5).retrieve([QUERY], "kb1", top_k=6, languages=["de"])
     assert ids(hits)[0] == "de-code"
     # the English and Thai chunks share "E-7731" but not the query's language: no keyword lift
     assert ids(hits).index("en-code") < ids(hits).index("th-code")  # dense order kept for them
