@@ -6,8 +6,10 @@ Fills an embedded Chroma collection with ``--chunks`` unit vectors of the embedd
 dimension (random: the store's search time does not depend on what the vectors mean, and
 embedding 10k real chunks takes ~10 min on this CPU), then times, for xquad dev questions in
 12 languages:
-- ``Pipeline.retrieve`` (query embedding + Chroma HNSW top-20), end to end;
-- its two parts: the query embedding alone, and the Chroma query alone;
+- ``Pipeline.retrieve`` end to end with the default first stage (centring + BM25) and with plain
+  dense search (the path before issue 4);
+- its parts: query embedding, language id, the collection check, the index-cache check, Chroma
+  top-20 and top-100 with vectors, the BM25 search;
 - the baseline: exact top-20 by a NumPy dot product over the same vectors.
 Prints median and p95 milliseconds per query, and the ratio of Chroma to NumPy search.
 """
@@ -52,29 +54,57 @@ def main() -> None:
     start = time.perf_counter()
     for i in range(0, args.chunks, 1000):
         batch = [
-            Chunk(id=f"c{j}", text=f"chunk {j}", source=f"/bench/{j // 10}.txt", index=j % 10, start=0, end=9,
-                  language="en", doc_hash="x")  # fmt: skip
+            Chunk(
+                id=f"c{j}",
+                text=f"chunk {j}",
+                source=f"/bench/{j // 10}.txt",
+                index=j % 10,
+                start=0,
+                end=9,
+                language="en",
+                doc_hash="x",
+            )
             for j in range(i, min(i + 1000, args.chunks))
         ]
         rag.store.upsert("bench-query", batch, vectors[i : i + len(batch)])
     fill_s = time.perf_counter() - start
 
     k = settings.retrieval.candidates
-    end_to_end, embed, chroma, exact = [], [], [], []
+    settings.retrieval.query_cache = 0  # every timed call embeds its question
+    plain = scratch_pipeline(args.config, settings.store.path)
+    plain.settings.retrieval.query_cache = 0
+    plain.settings.retrieval.mode = "dense"
+    plain.settings.retrieval.centring = False
+    plain = type(rag)(plain.settings, embedder=rag.embedder, language=rag.language)  # same models, old path
+    rag = type(rag)(settings, embedder=rag.embedder, language=rag.language)
+    rag.retrieve(questions[0], collection="bench-query", top_k=k, reranker="none")  # builds the keyword index
+    depth = settings.retrieval.centring_depth
+    keyword = rag.retriever.keyword_index("bench-query")  # type: ignore[attr-defined]
+    names = [
+        "retrieve, default (centring + BM25)", "retrieve, plain dense", "  query embedding",
+        "  language id", "  store.info (collection check)", "  store.version (index cache check)",
+        f"  Chroma top {k}", f"  Chroma top {depth} with vectors", "  BM25 search", "exact NumPy search",
+    ]  # fmt: skip
+    timings: dict[str, list[float]] = {name: [] for name in names}
+
+    def timed(name: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name].append(time.perf_counter() - t)
+        return out
+
     for q in questions:
-        t = time.perf_counter()
-        rag.retrieve(q, collection="bench-query", top_k=k, reranker="none")
-        end_to_end.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        vector = rag.embedder.embed_queries([q])[0]
-        embed.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        rag.store.query("bench-query", vector, top_k=k)
-        chroma.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        scores = vectors @ vector
-        np.argpartition(-scores, k)[:k]
-        exact.append(time.perf_counter() - t)
+        timed(names[0], rag.retrieve, q, collection="bench-query", top_k=k, reranker="none")
+        timed(names[1], plain.retrieve, q, collection="bench-query", top_k=k, reranker="none")
+        vector = timed(names[2], rag.embedder.embed_queries, [q])[0]
+        lang = timed(names[3], rag.language.detect, q)
+        timed(names[4], rag.store.info, "bench-query")
+        timed(names[5], rag.store.version, "bench-query")
+        timed(names[6], rag.store.query, "bench-query", vector, top_k=k)
+        timed(names[7], rag.store.query_with_vectors, "bench-query", vector, top_k=depth)
+        timed(names[8], keyword.search, q, language=lang, top_k=k, mask=keyword.mask_for(languages=[lang]))
+        timed(names[9], lambda v: np.argpartition(-(vectors @ v), k)[:k], vector)
+    chroma, exact = timings[names[6]], timings[names[9]]
 
     def ms(xs: list[float]) -> tuple[float, float]:
         xs = sorted(xs)
@@ -82,11 +112,10 @@ def main() -> None:
 
     numbers = {"chunks": args.chunks, "queries": len(questions), "top_k": k, "fill_s": round(fill_s, 1)}
     print(f"{args.chunks} chunks ({dim} dims) stored in {fill_s:.1f} s; {len(questions)} xquad dev questions, top {k}")
-    for name, xs in (("retrieve (end to end)", end_to_end), ("  query embedding", embed),
-                     ("  Chroma query", chroma), ("exact NumPy search", exact)):  # fmt: skip
+    for name, xs in timings.items():
         median, p95 = ms(xs)
         numbers[name.strip()] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
-        print(f"{name:24s} median {median:7.2f} ms   p95 {p95:7.2f} ms")
+        print(f"{name:40s} median {median:7.2f} ms   p95 {p95:7.2f} ms")
     print(f"Chroma / exact search: {statistics.median(chroma) / statistics.median(exact):.1f}x")
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2))

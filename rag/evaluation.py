@@ -463,6 +463,10 @@ def evaluate_retrieval(
         },
         seconds=seconds,
     )
+    stage = pipeline.reranker(reranker)
+    if hasattr(stage, "failures"):  # llm-listwise: windows the LLM could not rank kept their order
+        report.settings["reranker_windows"] = stage.windows
+        report.settings["reranker_failed_windows"] = stage.failures
     if "matrix" in tasks:
         report.matrix = score_matrix(lines, qs)
     if "polyglot" in tasks:

@@ -161,19 +161,22 @@ class DenseRetriever:
         if not queries:
             return []
         vectors = self.embed(queries)
-        if not self.config.centring:
+        langs = list(languages) if languages is not None else [None] * len(queries)
+        bonus = self.config.own_language_bonus
+        if not self.config.centring and not bonus:
             return self.store.query(collection, vectors, top_k=top_k, where=where)
         depth = max(top_k, self.config.centring_depth)
         found = self.store.query_with_vectors(collection, vectors, top_k=depth, where=where)
-        centroids = self.centroids(collection)
-        langs = list(languages) if languages is not None else [None] * len(queries)
+        centroids = self.centroids(collection) if self.config.centring else Centroids({}, np.zeros(0, np.float32))
         queries_c = centroids.centre(vectors, langs)
         out = []
-        for q, (hits, chunk_vectors) in zip(queries_c, found, strict=True):
+        for q, lang, (hits, chunk_vectors) in zip(queries_c, langs, found, strict=True):
             if not hits:
                 out.append([])
                 continue
             scores = centroids.centre(chunk_vectors, [h.chunk.language for h in hits]) @ q
+            if bonus and lang is not None:
+                scores = scores + bonus * np.array([h.chunk.language == lang for h in hits])
             order = np.argsort(-scores, kind="stable")[:top_k]
             out.append(
                 [Hit(chunk=hits[i].chunk, score=float(scores[i]), retrieval_score=float(scores[i])) for i in order]

@@ -176,3 +176,16 @@ def test_centroids_shrink_small_languages_toward_the_mean():
     no_prior = Centroids.of(["de"] * 99 + ["th"], vectors, prior=0)
     assert np.allclose(no_prior.means["th"], axis(1))  # without it, the chunk would be its own centroid
     assert Centroids.of([], np.empty((0, DIM)), prior=1).centre(axis(1)[None], ["de"]).shape == (1, DIM)
+
+
+def test_own_language_bonus_lifts_chunks_in_the_question_language(store):
+    embedder = TableEmbedder({QUERY: 0})
+    (plain,) = DenseRetriever(embedder, store, config=RAW).retrieve([QUERY], "kb1", top_k=4, languages=["th"])
+    assert ids(plain)[0] == "de-vague"
+    config = RetrievalConfig(centring=False, own_language_bonus=0.3)
+    (hits,) = DenseRetriever(embedder, store, config=config).retrieve([QUERY], "kb1", top_k=4, languages=["th"])
+    assert ids(hits)[0] == "th-code"
+    assert hits[0].score == pytest.approx(plain[ids(plain).index("th-code")].score + 0.3, abs=1e-5)
+    # without a known question language nothing is lifted
+    (unknown,) = DenseRetriever(embedder, store, config=config).retrieve([QUERY], "kb1", top_k=4)
+    assert ids(unknown) == ids(plain)
