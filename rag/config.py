@@ -121,7 +121,9 @@ class RetrievalConfig(_Section):
     fusion: Literal["weighted", "rrf"] = "weighted"
     keyword_weight: float = Field(0.1, ge=0)
     rrf_k: int = Field(60, ge=1)
-    index_recheck_s: float = Field(2.0, ge=0)  # how often the keyword index and centroids look for store changes
+    # How often the keyword index and centroids look for changes made by other processes (this
+    # process's own ingest/delete refresh them at once); each look reads the collection manifest.
+    index_recheck_s: float = Field(10.0, ge=0)
     query_cache: int = Field(4096, ge=0)  # query embeddings kept in memory (LRU)
 
 

@@ -80,18 +80,22 @@ class Pipeline:
         chunker = SentenceChunker(
             tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
         )
-        return ingest_files(
-            list(paths),
-            collection or self.settings.store.collection,
-            embedder=self.embedder,
-            store=self.store,
-            chunker=chunker,
-            config=self.settings.ingestion,
-            loaders=DEFAULT_LOADERS if loaders is None else loaders,
-            prune=prune,
-            reindex=reindex,
-            progress=progress,
-        )
+        collection = collection or self.settings.store.collection
+        try:
+            return ingest_files(
+                list(paths),
+                collection,
+                embedder=self.embedder,
+                store=self.store,
+                chunker=chunker,
+                config=self.settings.ingestion,
+                loaders=DEFAULT_LOADERS if loaders is None else loaders,
+                prune=prune,
+                reindex=reindex,
+                progress=progress,
+            )
+        finally:  # even a failed job may have written: derived indexes must look again
+            self.retriever.invalidate(collection)
 
     def _check_chunk_budget(self) -> None:
         """Chunks plus their prompt and title/section context must fit the embedding model."""
@@ -122,6 +126,7 @@ class Pipeline:
         ids = self.store.chunk_ids_of_source(collection, source)
         self.store.delete(collection, ids)
         self.store.delete_manifest(collection, [source])
+        self.retriever.invalidate(collection)
         return len(ids)
 
     # -- retrieval -----------------------------------------------------------------------

@@ -38,6 +38,10 @@ class Retriever(Protocol):
         language where known (a retriever may use it, e.g. for keyword search)."""
         ...
 
+    def invalidate(self, collection: str) -> None:
+        """Forget what is cached about ``collection`` (its content just changed)."""
+        ...
+
 
 class QueryEmbeddings:
     """Query vectors with a small LRU cache: a UI re-asks, an evaluation asks the same
@@ -78,6 +82,10 @@ class PerCollection(Generic[T]):
         self.recheck_s = recheck_s
         self._cache: dict[str, tuple[str, float, T]] = {}  # collection -> (version, checked at, value)
         self._lock = threading.Lock()
+
+    def invalidate(self, collection: str) -> None:
+        with self._lock:
+            self._cache.pop(collection, None)
 
     def __call__(self, collection: str) -> T:
         with self._lock:
@@ -142,6 +150,9 @@ class DenseRetriever:
         self.embed = QueryEmbeddings(embedder, cache_size=cache_size)
         self.centroids = PerCollection(store, self._centroids, recheck_s=self.config.index_recheck_s)
 
+    def invalidate(self, collection: str) -> None:
+        self.centroids.invalidate(collection)
+
     def _centroids(self, collection: str) -> Centroids:
         started = time.perf_counter()
         languages, vectors = self.store.vectors(collection, limit=self.config.centroid_sample)
@@ -204,6 +215,10 @@ class HybridRetriever:
         self.store = store
         self.config = config
         self.keyword_index = PerCollection(store, self._build_index, recheck_s=config.index_recheck_s)
+
+    def invalidate(self, collection: str) -> None:
+        self.dense.invalidate(collection)
+        self.keyword_index.invalidate(collection)
 
     def _build_index(self, collection: str) -> KeywordIndex:
         from rag.keyword import KeywordIndex

@@ -108,3 +108,22 @@ def test_unknown_collection_and_mixed_embedding_spaces(pipeline):
     other.chunking.max_tokens = 64
     with pytest.raises(IndexMismatchError, match=r"chunk_max_tokens: built with 128, now 64"):
         Pipeline(other, embedder=pipeline.embedder, language=pipeline.language).ingest([de], kb)
+
+
+def test_keyword_index_and_centroids_follow_this_process_writes_at_once(pipeline, tmp_path):
+    """The derived indexes re-check the store only every index_recheck_s (10 s) for other
+    processes' writes; this process's ingest and delete refresh them immediately."""
+    kb = unique("fresh")
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "a.md").write_text("Der Kühlschrank kühlt nicht mehr richtig.", encoding="utf-8")
+    pipeline.ingest([folder], kb)
+    pipeline.retrieve("Fehlercode Q-7731", collection=kb)  # builds both caches
+    before = len(pipeline.retriever.keyword_index(kb))
+    (folder / "b.md").write_text("Der Fehlercode Q-7731 bedeutet: Sensor defekt.", encoding="utf-8")
+    pipeline.ingest([folder], kb)
+    assert len(pipeline.retriever.keyword_index(kb)) == before + 1
+    hits = pipeline.retrieve("Was bedeutet Fehlercode Q-7731?", collection=kb, top_k=1)
+    assert hits[0].chunk.file_name == "b.md"
+    pipeline.delete_document(str((folder / "b.md").resolve()), kb)
+    assert len(pipeline.retriever.keyword_index(kb)) == before
