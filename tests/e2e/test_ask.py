@@ -50,9 +50,10 @@ def monkeypatch_module():
         yield mp
 
 
-# Question language -> the file (in another language) that alone holds the answer. The four
-# pairs e5-small ranks first; see tests/integration for all eight.
-@pytest.mark.parametrize("lang", ["de", "ja", "th", "en"])
+# Question language -> the file (in another language) that alone holds the answer. Pairs the
+# default first stage ranks first (ranks de 2, ja 1, ar 2, hi 12, zh 4, ru 1, th 1, en 1; see
+# tests/integration for all eight); ru is left out: the 0.5B stand-in drifts out of Russian.
+@pytest.mark.parametrize("lang", ["ja", "th", "en"])
 def test_cross_lingual_answer(pipeline, lang):
     q = QUESTIONS[lang]
     stream = pipeline.stream(q["question"], collection="handbook")
@@ -77,5 +78,7 @@ def test_cli_ask_streams_answer_and_sources(served):
     answer_part, sources = out.split("Sources", 1)
     assert len(answer_part.strip()) > 20
     assert "question language: de · answer language: de" in out
-    first = sources.strip().splitlines()[0]
-    assert "[1] ja_security_policy.md" in first and "lang=ja" in first
+    lines = sources.strip().splitlines()
+    assert lines[0].lstrip("* ").startswith("[1] ")
+    # the answer is in the Japanese file, among the top sources (de→ja ranks it 2nd of the chunks)
+    assert any("ja_security_policy.md" in line and "lang=ja" in line for line in lines[:3]), sources
