@@ -59,9 +59,10 @@ def test_language_filter(pipeline):
 
 
 def test_cross_lingual_questions_find_their_file(pipeline):
-    """Each question's answer is only in a file of another language. Measured with e5-small
-    (chunk ranks de->ja 1, ja->ar 1, ar->hi 3, hi->zh 9, zh->ru 4, ru->th 2, th->en 1, en->de 1):
-    its same-language bias is what issue 4's evaluation works on. Guard the level reached."""
+    """Each question's answer is only in a file of another language. Measured with e5-small and
+    the default first stage (file ranks de->ja 2, ja->ar 1, ar->hi 2, hi->zh 12, zh->ru 4,
+    ru->th 1, th->en 1, en->de 1; MRR 0.667; plain dense: 1, 1, 3, 9, 4, 2, 1, 1, MRR 0.649).
+    Guard the level reached."""
     kb = unique("xling")
     pipeline.ingest([EXAMPLES / "handbook"], kb)
     ranks = []
@@ -70,7 +71,7 @@ def test_cross_lingual_questions_find_their_file(pipeline):
         ranks.append(files.index(q["expected_file"]) + 1 if q["expected_file"] in files else None)
     reciprocal = [1 / r if r else 0.0 for r in ranks]
     assert ranks.count(1) >= 4, ranks
-    assert sum(reciprocal) / len(ranks) >= 0.6, ranks  # measured 0.65
+    assert sum(reciprocal) / len(ranks) >= 0.6, ranks  # measured 0.667
     assert sum(r is not None and r <= 5 for r in ranks) >= 7, ranks
 
 
