@@ -49,6 +49,7 @@ class EvalQuery:
     lang: str
     question: str
     para: int
+    answers: tuple[str, ...] = ()  # gold answer texts, in the query's language
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ def read_queries(path: Path, languages: Sequence[str] | None = None, sample: int
                 str(row["lang"]),
                 str(row["question"]),
                 int(row["para"]),
+                tuple(str(a) for a in row.get("answers") or ()),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: each line needs qid, lang, question and para; got keys {sorted(row)}") from e
@@ -402,6 +404,31 @@ def format_report(report: EvalReport) -> str:
     return "\n".join(out)
 
 
+def ingest_corpus(pipeline: Pipeline, docs: Sequence[CorpusDoc], *, label: str, progress: Callable[[str], None]) -> str:
+    """The name of the eval collection holding ``docs``, made or brought up to date by the real
+    ingestion job; the same docs and index settings always give the same collection."""
+    folder = corpus_folder(docs, Path(pipeline.settings.store.path).parent / "eval")
+    collection = eval_collection_name(
+        docs,
+        {
+            "model": pipeline.settings.embedding.model,
+            **pipeline.settings.chunking.model_dump(),
+        },
+    )
+    try:
+        job = pipeline.ingest([folder], collection=collection, prune=True)
+    except IndexMismatchError:  # a throwaway collection: rebuild it for the current settings
+        job = pipeline.ingest([folder], collection=collection, prune=True, reindex=True)
+    if job.failed:
+        first = job.failed[0]
+        raise ConfigError(f"{len(job.failed)} corpus files failed to ingest, e.g. {first.path}: {first.reason}")
+    progress(
+        f"corpus {label}: {len(docs)} docs in collection {collection!r} ({len(job.added)} added, "
+        f"{len(job.updated)} updated, {len(job.unchanged)} unchanged, {job.chunks_written} chunks written)"
+    )
+    return collection
+
+
 def evaluate_retrieval(
     pipeline: Pipeline,
     *,
@@ -418,28 +445,9 @@ def evaluate_retrieval(
     docs = read_corpus(corpus, languages)
     qs = read_queries(queries, languages, sample)
     seconds: dict[str, float] = {}
-    workdir = Path(pipeline.settings.store.path).parent / "eval"
-    folder = corpus_folder(docs, workdir)
-    collection = eval_collection_name(
-        docs,
-        {
-            "model": pipeline.settings.embedding.model,
-            **pipeline.settings.chunking.model_dump(),
-        },
-    )
     started = time.perf_counter()
-    try:
-        job = pipeline.ingest([folder], collection=collection, prune=True)
-    except IndexMismatchError:  # a throwaway collection: rebuild it for the current settings
-        job = pipeline.ingest([folder], collection=collection, prune=True, reindex=True)
+    collection = ingest_corpus(pipeline, docs, label=str(corpus), progress=say)
     seconds["ingest"] = time.perf_counter() - started
-    if job.failed:
-        first = job.failed[0]
-        raise ConfigError(f"{len(job.failed)} corpus files failed to ingest, e.g. {first.path}: {first.reason}")
-    say(
-        f"corpus {corpus}: {len(docs)} docs in collection {collection!r} ({len(job.added)} added, "
-        f"{len(job.updated)} updated, {len(job.unchanged)} unchanged, {job.chunks_written} chunks written)"
-    )
     lines, per_corpus = run_retrieval(
         pipeline,
         collection=collection,
