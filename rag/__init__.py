@@ -5,6 +5,8 @@ The public API is what this module exports; everything else is an implementation
 
 from ingestion.job import FileIssue, IngestReport, JobProgress
 from ingestion.loader import Loader
+from rag.answering import AnswerEvent, AnswerStream
+from rag.chat import ChatMessage
 from rag.config import Settings, load_settings
 from rag.errors import (
     BabelRAGError,
@@ -17,16 +19,19 @@ from rag.errors import (
     QueryError,
     StoreError,
 )
-from rag.pipeline import AnswerStream, Pipeline
+from rag.pipeline import Pipeline
 from rag.store import CollectionInfo, ManifestEntry
-from rag.types import Answer, Chunk, Citation, Document, Hit, LoadedText
+from rag.types import Answer, Chunk, Citation, CitedSentence, Document, Hit, LoadedText, Usage
 
 __all__ = [
     "Answer",
+    "AnswerEvent",
     "AnswerStream",
     "BabelRAGError",
+    "ChatMessage",
     "Chunk",
     "Citation",
+    "CitedSentence",
     "CollectionInfo",
     "CollectionNotFoundError",
     "ConfigError",
@@ -46,6 +51,7 @@ __all__ = [
     "QueryError",
     "Settings",
     "StoreError",
+    "Usage",
     "load_settings",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ Expected failures (BabelRAGError) print one line and exit 1; usage errors exit 2
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from rag.config import Settings, load_settings
-from rag.errors import BabelRAGError, ConfigError
+from rag.errors import BabelRAGError, ConfigError, GenerationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BabelRAG: multilingual two-stage RAG.")
 llm_app = typer.Typer(no_args_is_help=True, help="Run vLLM's OpenAI-compatible server for the configured model.")
 app.add_typer(llm_app, name="llm")
-eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval (and later answers) on a benchmark.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answers on a benchmark.")
 app.add_typer(eval_app, name="eval")
 
 out = Console(highlight=False)
@@ -189,36 +190,92 @@ def search(
     out.print(table)
 
 
+AnswerLanguageOpt = Annotated[
+    Optional[str], typer.Option("--answer-language", help="Force the answer language (ISO 639-1).")
+]
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="A question in any language.")],
     collection: CollectionOpt = None,
     top_k: TopKOpt = None,
     reranker: RerankerOpt = None,
-    answer_language: Annotated[
-        Optional[str], typer.Option("--answer-language", help="Force the answer language (ISO 639-1).")
-    ] = None,
+    answer_language: AnswerLanguageOpt = None,
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from a knowledge base, streaming, then list the numbered sources."""
     settings = _settings(config, store={"collection": collection, "url": chroma_url})
     stream = _pipeline(settings).stream(question, top_k=top_k, reranker=reranker, language=answer_language)
-    for piece in stream:
-        out.print(piece, end="", soft_wrap=True)
+    _print_answer(stream)
+
+
+@app.command()
+def chat(
+    collection: CollectionOpt = None,
+    top_k: TopKOpt = None,
+    reranker: RerankerOpt = None,
+    answer_language: AnswerLanguageOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Chat with a knowledge base: one question per line; follow-ups ("and in 2019?") keep the context.
+    An empty line or Ctrl-D ends it."""
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    pipeline = _pipeline(settings)
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            message = input("> " if sys.stdin.isatty() else "").strip()
+        except EOFError:
+            break
+        if not message:
+            break
+        try:
+            stream = pipeline.chat_stream(history, message, top_k=top_k, reranker=reranker, language=answer_language)
+            answer = _print_answer(stream)
+        except BabelRAGError as e:  # one bad turn does not end the conversation
+            err.print(f"[red]error:[/] {e}")
+            continue
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
+
+
+def _print_answer(stream):
+    """Stream the answer's text, then its languages, the sources, tokens and timings."""
+    for event in stream.events():
+        if event.kind == "reset":
+            out.print(f"\n[dim]({event.text})[/]")
+        else:
+            out.print(event.text, end="", soft_wrap=True)
         out.file.flush()
     answer = stream.answer()
     out.print()
+    if answer.standalone_question:
+        out.print(f"[dim]asked as: {answer.standalone_question}[/]")
+    retried = " · asked again for the language" if answer.language_attempts > 1 else ""
+    translated = " · translated" if answer.translated else ""
+    found = "" if answer.found else " · not found in the knowledge base"
     out.print(
-        f"\n[dim]question language: {answer.question_language or '?'} · answer language: {answer.language or '?'}[/]"
+        f"\n[dim]question language: {answer.question_language or '?'} · answer language: {answer.language or '?'}"
+        f"{retried}{translated}{found}[/]"
     )
     out.print("[bold]Sources[/]")
     for c in answer.citations:
         mark = "*" if c.cited else " "
+        page = f"  page {c.page}" if c.page else ""
+        cut = " (excerpt)" if c.truncated else ""
+        start, end = c.span
         out.print(
-            f"{mark}[{c.number}] {c.chunk.file_name}  lang={c.chunk.language or '?'}  "
-            f"chars {c.chunk.start}-{c.chunk.end}  score={c.hit.score:.3f}  {c.chunk.source}"
+            f"{mark}[{c.number}] {c.chunk.file_name}{page}  lang={c.chunk.language or '?'}  "
+            f"chars {start}-{end}{cut}  score={c.hit.score:.3f}  {c.chunk.source}"
         )
+    if answer.removed_markers:
+        out.print(f"[dim]removed markers citing no source: {' '.join(answer.removed_markers)}[/]")
+    u = answer.usage
+    times = " ".join(f"{k} {v:.2f}s" for k, v in answer.timings.items())
+    err.print(f"[dim]tokens: {u.prompt_tokens} prompt + {u.completion_tokens} answer in {u.calls} call(s) · {times}[/]")
+    return answer
 
 
 @app.command()
@@ -289,6 +346,47 @@ def eval_retrieval(
         out.print(format_report(report), markup=False)
 
 
+@eval_app.command("answers")
+def eval_answers(
+    corpus: Annotated[Path, typer.Option("--corpus", help="JSONL: doc_id, para, lang, text per line.")],
+    queries: Annotated[Path, typer.Option("--queries", help="JSONL: qid, lang, question, answers, para per line.")],
+    sample: Annotated[
+        int, typer.Option("--sample", help="Questions per language (each in all its languages), spread evenly.")
+    ] = 25,
+    languages: Annotated[
+        Optional[str], typer.Option("--languages", help="Question languages, e.g. de,en,zh (corpus: all).")
+    ] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write one JSON line per question here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    top_k: TopKOpt = None,
+    reranker: RerankerOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ask benchmark questions against the polyglot corpus through the LLM server and score the
+    answers: language, gold answer in the text, top citation on the gold paragraph, latency, tokens."""
+    from rag.answer_eval import evaluate_answers, format_answer_report
+
+    settings = _settings(config, store={"url": chroma_url})
+    report = evaluate_answers(
+        _pipeline(settings),
+        corpus,
+        queries,
+        sample=sample,
+        languages=[x.strip() for x in languages.split(",") if x.strip()] if languages else None,
+        out=out_path,
+        top_k=top_k,
+        reranker=reranker,
+        progress=lambda msg: err.print(msg, markup=False, soft_wrap=True),
+    )
+    if out_path:
+        err.print(f"run file: {out_path}")
+    if as_json:
+        print(report.to_json())
+    else:
+        out.print(format_answer_report(report), markup=False)
+
+
 @llm_app.command("serve")
 def llm_serve(
     port: Annotated[Optional[int], typer.Option(help="Port to serve on.")] = None,
@@ -296,12 +394,19 @@ def llm_serve(
     profile: Annotated[Optional[str], typer.Option(help="auto | cpu | gpu (flags from config).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model id or folder (default llm.model).")] = None,
     detach: Annotated[bool, typer.Option(help="Return once ready; stop with `babelrag llm stop`.")] = False,
+    print_command: Annotated[
+        bool, typer.Option("--print-command", help="Print the command and environment it would run, and exit.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Start vLLM's OpenAI server for the configured model; wait until ready; print the base URL."""
     from rag import llm_server
 
     settings = _settings(config, vllm={"port": port, "python": python, "profile": profile}, llm={"model": model})
+    if print_command:
+        command = llm_server.vllm_command(settings)
+        print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in command.env.items()), shlex.join(command.argv)]))
+        return
     err.print(f"starting vLLM for {settings.llm.model} (profile {settings.vllm.resolved_profile()}) ...")
     proc, command, log_file = llm_server.start(settings)
     out.print(f"ready: BABELRAG_LLM_BASE_URL={command.base_url}  model={settings.llm.model}  pid={proc.pid}")
@@ -314,6 +419,35 @@ def llm_serve(
     except KeyboardInterrupt:
         llm_server.stop(settings)
     raise typer.Exit(proc.returncode or 0)
+
+
+@llm_app.command("status")
+def llm_status(
+    base_url: Annotated[
+        Optional[str], typer.Option("--base-url", help="The server's OpenAI base URL (default llm.base_url).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show whether the LLM server answers, its models and their context length (max_model_len)."""
+    from rag import llm_server
+
+    settings = _settings(config, llm={"base_url": base_url})
+    info = llm_server.server_info(settings.llm.base_url)
+    if not info.healthy:
+        raise GenerationError(
+            f"the LLM server at {info.base_url} answers but is not healthy (GET /health or /v1/models failed); "
+            "read its log, or restart it with `babelrag llm serve`"
+        )
+    out.print(f"url: {info.base_url}\nhealth: ok", markup=False)
+    for name in info.models:
+        length = info.max_model_len.get(name)
+        out.print(f"model: {name}  max_model_len: {length or 'not reported'}", markup=False, soft_wrap=True)
+    if settings.llm.model not in info.models:
+        err.print(
+            f"llm.model {settings.llm.model!r} is not served here; set BABELRAG_LLM_MODEL to one of those",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @llm_app.command("stop")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -160,13 +160,72 @@ class LLMConfig(_Section):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(512, ge=1)
     timeout_s: float = Field(120, gt=0)
-    max_retries: int = Field(1, ge=0)
+    # Connection refused, timeouts, HTTP 429/5xx and streams cut short are retried this many times,
+    # waiting retry_backoff_s, then twice that, ... A stream cut after text was shown is resumed
+    # only at temperature 0, where the retry repeats the text already shown (checked).
+    max_retries: int = Field(2, ge=0)
+    retry_backoff_s: float = Field(0.5, ge=0)
     # Server-specific sampling options passed through as-is, e.g. vLLM's repetition_penalty.
     extra_body: dict[str, Any] = {}
 
 
+class GenerationConfig(_Section):
+    """How answers are written: their language, their sources, the prompt's size."""
+
+    # ISO 639-1 code every answer is written in; None answers in the question's language.
+    answer_language: str | None = None
+    # Check the answer's language with the language identifier: the first ``language_check_chars``
+    # letters are held back until they are known to be in the target language; a wrong start is
+    # cut off and generated again once with a stronger instruction.
+    verify_language: bool = True
+    language_check_chars: int = Field(40, ge=1)
+    # When the second try is in the wrong language too: "translate" asks the same LLM to
+    # translate its answer, "keep" returns it as it is (Answer.language says which it is).
+    on_wrong_language: Literal["translate", "keep"] = "translate"
+    # Tokens of sources in the prompt. None: what the server's context (vLLM's max_model_len) has
+    # left after the instructions, the question and llm.max_tokens; 3000 if the server does not say.
+    context_tokens: int | None = Field(None, ge=32)
+    # Counting tokens: "auto" uses llm.model's tokenizer when it is on disk, else the server's
+    # /tokenize (vLLM), else an estimate from the text's UTF-8 length.
+    tokenizer: Literal["auto", "local", "server", "estimate"] = "auto"
+    # When the best first-stage score is below this, answer "not found" without asking the LLM.
+    # None: always ask. The fused first-stage score does not separate off-topic from answerable
+    # questions well (README, "Answers"); the LLM's own NOT_FOUND and check_numbers do the work.
+    min_retrieval_score: float | None = None
+    # An answer that cites no source and states only numbers that no source holds is replaced by
+    # "not found": numbers are the facts checkable across languages without a model.
+    check_numbers: bool = True
+
+    @field_validator("answer_language")
+    @classmethod
+    def _iso_code(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z]{2,3}", v):
+            raise ValueError(f"answer_language must be an ISO 639-1 code such as 'de' or 'zh', got {v!r}")
+        return v
+
+
+class ChatConfig(_Section):
+    """Conversations: how much history is kept, and follow-ups rewritten to stand alone."""
+
+    max_messages: int = Field(6, ge=0)  # the most recent user/assistant messages kept
+    max_history_chars: int = Field(3000, ge=0)  # and at most this many characters of them
+    rewrite: bool = True  # rewrite a follow-up into a standalone question before retrieval
+
+
+# vLLM engine settings, each a flag of `vllm serve` (--dtype, --max-model-len, ...); None leaves
+# vLLM's own default. A profile may set them; the same field at the top of the vllm section wins.
+VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
+MaxModelLen = Annotated[int | None, Field(ge=16)]  # context (prompt + answer) in tokens
+GpuMemoryUtilization = Annotated[float | None, Field(gt=0, le=1)]  # share of each GPU's memory vLLM takes
+TensorParallelSize = Annotated[int | None, Field(ge=1)]  # GPUs the model is split across
+
+
 class VLLMProfile(_Section):
-    args: list[str] = []
+    dtype: VLLMDtype | None = None
+    max_model_len: MaxModelLen = None
+    gpu_memory_utilization: GpuMemoryUtilization = None
+    tensor_parallel_size: TensorParallelSize = None
+    args: list[str] = []  # further flags, as-is
     env: dict[str, str] = {}
 
 
@@ -177,14 +236,21 @@ class VLLMConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8011, ge=1, le=65535)
     profile: str = "auto"  # "auto": gpu when nvidia-smi is on PATH, else cpu
+    # Override the profile's values; a flag set here must not be in extra_args or the profile's args too.
+    dtype: VLLMDtype | None = None
+    max_model_len: MaxModelLen = None
+    gpu_memory_utilization: GpuMemoryUtilization = None
+    tensor_parallel_size: TensorParallelSize = None
     profiles: dict[str, VLLMProfile] = {
-        "gpu": VLLMProfile(),  # vLLM's defaults
+        "gpu": VLLMProfile(gpu_memory_utilization=0.90),  # else vLLM's defaults
+        # vLLM's CPU build: dtype auto is bf16 where the CPU has it natively, else float32 (emulated
+        # bf16 made prefill 5x slower here); a short context for the small KV cache
+        # (VLLM_CPU_KVCACHE_SPACE, GiB), no CUDA graphs.
         "cpu": VLLMProfile(
-            args=["--dtype", "bfloat16", "--max-model-len", "4096", "--enforce-eager"],
-            env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+            dtype="auto", max_model_len=4096, args=["--enforce-eager"], env={"VLLM_CPU_KVCACHE_SPACE": "1"}
         ),
     }
-    extra_args: list[str] = []
+    extra_args: list[str] = []  # appended as-is; they override a profile's values for the same flag
     startup_timeout_s: float = Field(300, gt=0)
     run_dir: Path = Path(".babelrag/run")  # pid and log files of detached servers
 
@@ -217,6 +283,8 @@ class Settings(BaseSettings):
     retrieval: RetrievalConfig = RetrievalConfig()
     reranker: RerankerConfig = RerankerConfig()
     llm: LLMConfig = LLMConfig()
+    generation: GenerationConfig = GenerationConfig()
+    chat: ChatConfig = ChatConfig()
     vllm: VLLMConfig = VLLMConfig()
 
 

@@ -118,3 +118,75 @@ def language_identifier(config: LanguageConfig | None = None) -> LanguageIdentif
     """The identifier ``config.detector`` names."""
     config = config or LanguageConfig()
     return LinguaIdentifier(config) if config.detector == "lingua" else FastTextIdentifier(config)
+
+
+# Scripts that name their language outright (for the languages BabelRAG knows), and the Unicode
+# blocks of each script. Han counts double: one character carries about a word.
+_SCRIPT_BLOCKS: list[tuple[str, int, int]] = [
+    ("latin", 0x0041, 0x024F), ("greek", 0x0370, 0x03FF), ("cyrillic", 0x0400, 0x052F),
+    ("hebrew", 0x0590, 0x05FF), ("arabic", 0x0600, 0x06FF), ("arabic", 0x0750, 0x077F),
+    ("devanagari", 0x0900, 0x097F), ("bengali", 0x0980, 0x09FF), ("tamil", 0x0B80, 0x0BFF),
+    ("thai", 0x0E00, 0x0E7F), ("hangul", 0x1100, 0x11FF), ("latin", 0x1E00, 0x1EFF),
+    ("kana", 0x3041, 0x30FF), ("han", 0x3400, 0x4DBF), ("han", 0x4E00, 0x9FFF),
+    ("hangul", 0xAC00, 0xD7AF), ("arabic", 0xFB50, 0xFDFF), ("arabic", 0xFE70, 0xFEFF),
+]  # fmt: skip
+_SCRIPT_LANGUAGE = {"greek": "el", "hebrew": "he", "bengali": "bn", "tamil": "ta", "thai": "th", "hangul": "ko"}
+_LANGUAGE_SCRIPT = {
+    "el": "greek", "he": "hebrew", "bn": "bengali", "ta": "tamil", "th": "thai", "ko": "hangul",
+    "ru": "cyrillic", "uk": "cyrillic", "bg": "cyrillic", "sr": "cyrillic", "mk": "cyrillic", "be": "cyrillic",
+    "kk": "cyrillic", "ar": "arabic", "fa": "arabic", "ur": "arabic", "ps": "arabic", "hi": "devanagari",
+    "mr": "devanagari", "ne": "devanagari", "sa": "devanagari", "ja": "kana", "zh": "han",
+}  # fmt: skip
+
+
+def script_of(ch: str) -> str | None:
+    cp = ord(ch)
+    for name, lo, hi in _SCRIPT_BLOCKS:
+        if lo <= cp <= hi:
+            return name if ch.isalpha() or name in ("thai", "devanagari", "bengali", "tamil") else None
+    return None
+
+
+def script_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ch in text:
+        script = script_of(ch)
+        if script:
+            counts[script] = counts.get(script, 0) + (2 if script == "han" else 1)
+    return counts
+
+
+def dominant_language(
+    identifier: LanguageIdentifier, text: str, *, fallback: str | None = None, short: int = 16
+) -> str | None:
+    """The language of most of ``text``, robust to code-switching and short text.
+
+    The script with the most letters decides first: a German question quoting a Japanese term is
+    German, and Thai, Korean, Greek, Hebrew, Bengali or Tamil letters name their language
+    outright. Japanese is Han text with kana; Han without kana is Chinese. For scripts shared by
+    several languages (Latin, Cyrillic, Arabic, Devanagari) the identifier reads only the letters
+    of that script. Text with fewer than 3 letters gets ``fallback`` (e.g. the conversation's
+    language) or None, and so does text shorter than ``short`` letters in ``fallback``'s script:
+    "Et en 2019 ?" is too short to tell French from Spanish, the conversation is not.
+    """
+    counts = script_counts(text)
+    letters = sum(counts.values())
+    if letters < 3:
+        return fallback
+    if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
+        return "ja"
+    script = max(counts, key=counts.__getitem__)
+    if fallback and letters < short and _LANGUAGE_SCRIPT.get(fallback, "latin") == script:
+        return fallback
+    if script in _SCRIPT_LANGUAGE:
+        return _SCRIPT_LANGUAGE[script]
+    if script == "han":
+        return "zh"
+    kept = "".join(ch if (script_of(ch) in (script, None)) else " " for ch in text)
+    code = identifier.detect(kept)
+    if code is None:
+        return fallback
+    expected = _LANGUAGE_SCRIPT.get(code, "latin")
+    if expected != script:  # e.g. a Latin-script transliteration read as Hindi: trust the script
+        return fallback if fallback and _LANGUAGE_SCRIPT.get(fallback, "latin") == script else code
+    return code

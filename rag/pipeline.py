@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
+from rag.answering import (
+    DEFAULT_CONTEXT_TOKENS,
+    PROMPT_MARGIN_TOKENS,
+    AnswerPlan,
+    AnswerStream,
+    TokenCount,
+    fit_sources,
+    token_counter,
+)
+from rag.chat import ChatMessage, bound_history, rewrite_follow_up
 from rag.config import RerankerConfig, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.errors import ConfigError, QueryError
-from rag.generator import Generator, LLMClient, OpenAIGenerator
-from rag.language import LanguageIdentifier, language_identifier
+from rag.generator import Generator, LLMClient, OpenAIGenerator, build_messages
+from rag.language import LanguageIdentifier, dominant_language, language_identifier
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
 from rag.retriever import DenseRetriever, HybridRetriever, Retriever
 from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
-from rag.types import Answer, Citation, Hit
+from rag.types import Answer, Hit, Usage
 
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_TOKENS = 64  # room kept for a chunk's title/section context (types.MAX_CONTEXT_CHARS)
-_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 class Pipeline:
@@ -57,6 +68,8 @@ class Pipeline:
             HybridRetriever(dense, self.store, s.retrieval) if s.retrieval.mode == "hybrid" else dense
         )
         self._rerankers: dict[str, Reranker] = {}
+        self._count: TokenCount | None = None
+        self._max_model_len: int | None = None
 
     # -- ingestion -----------------------------------------------------------------------
 
@@ -170,6 +183,19 @@ class Pipeline:
         reranker: str | None = None,
     ) -> list[list[Hit]]:
         """``retrieve`` for a batch of queries: one embedding call and one store call."""
+        return self._retrieve_many(queries, collection=collection, top_k=top_k, where=where, reranker=reranker)
+
+    def _retrieve_many(
+        self,
+        queries: Sequence[str],
+        *,
+        collection: str | None,
+        top_k: int | None,
+        where: Where | None,
+        reranker: str | None,
+        languages: Sequence[str | None] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[list[Hit]]:
         queries = [_check_question(q) for q in queries]
         top_k = top_k or self.settings.retrieval.top_k
         if top_k < 1:
@@ -178,9 +204,16 @@ class Pipeline:
         self.store.info(collection)  # an unknown collection fails before any model loads
         rerank = self.reranker(reranker)
         depth = max(top_k, self.settings.retrieval.candidates)
-        languages = [self.language.detect(q) for q in queries]
-        batches = self.retriever.retrieve(queries, collection, top_k=depth, where=where, languages=languages)
-        return [rerank.rerank(q, hits)[:top_k] for q, hits in zip(queries, batches, strict=True)]
+        t0 = time.perf_counter()
+        if languages is None:
+            languages = [self.language.detect(q) for q in queries]
+        batches = self.retriever.retrieve(queries, collection, top_k=depth, where=where, languages=list(languages))
+        t1 = time.perf_counter()
+        ranked = [rerank.rerank(q, hits)[:top_k] for q, hits in zip(queries, batches, strict=True)]
+        if timings is not None:
+            timings["retrieve"] = t1 - t0
+            timings["rerank"] = time.perf_counter() - t1
+        return ranked
 
     # -- generation ----------------------------------------------------------------------
 
@@ -196,71 +229,129 @@ class Pipeline:
     ) -> AnswerStream:
         """Retrieve now; the returned stream yields the answer text as the LLM writes it.
 
-        ``language`` forces the answer language (ISO 639-1); by default it is the question's.
+        ``language`` forces the answer language (ISO 639-1); by default it is
+        ``generation.answer_language`` or else the question's.
         """
+        started = time.perf_counter()
         question = _check_question(question)
-        hits = self.retrieve(question, collection=collection, top_k=top_k, where=where, reranker=reranker)
-        question_language = self.language.detect(question)
-        target = language or question_language
-        return AnswerStream(
-            question=question,
-            hits=hits,
-            question_language=question_language,
-            pieces=self.generator.stream(question, hits, language=target),
-            detect=self.language.detect,
-            model=self.settings.llm.model,
-        )
+        question_language = dominant_language(self.language, question)
+        timings = {"language": time.perf_counter() - started}
+        return self._answer_stream(
+            question, None, question_language, started=started, timings=timings, usage=Usage(),
+            collection=collection, top_k=top_k, where=where, reranker=reranker, language=language,
+        )  # fmt: skip
 
-    def ask(self, question: str, **options) -> Answer:
+    def ask(self, question: str, **options: Any) -> Answer:
         """Like ``stream``, but waits for the whole answer."""
         return self.stream(question, **options).answer()
 
-
-class AnswerStream:
-    """Iterate for the answer's text pieces; ``hits`` are known before the first piece, and
-    ``answer()`` gives the finished Answer (reading the rest of the stream if needed)."""
-
-    def __init__(self, *, question, hits, question_language, pieces: Iterator[str], detect, model: str) -> None:
-        self.question = question
-        self.hits: list[Hit] = hits
-        self.question_language: str | None = question_language
-        self._pieces = pieces
-        self._detect = detect
-        self._model = model
-        self._text: list[str] = []
-        self._done = False
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self._text.append(piece)
-            yield piece
-        self._done = True
-
-    def answer(self) -> Answer:
-        if not self._done:
-            for _ in self:
-                pass
-        text = "".join(self._text).strip()
-        return Answer(
-            question=self.question,
-            text=text,
-            language=self._detect(text),
-            question_language=self.question_language,
-            citations=citations(text, self.hits),
-            model=self._model,
+    def chat_stream(
+        self,
+        history: Sequence[ChatMessage | Mapping[str, Any]],
+        message: str,
+        *,
+        collection: str | None = None,
+        top_k: int | None = None,
+        where: Where | None = None,
+        reranker: str | None = None,
+        language: str | None = None,
+    ) -> AnswerStream:
+        """Answer ``message``, a turn of a conversation: a follow-up ("and in 2019?") is first
+        rewritten by the LLM into a standalone question in the user's language, which is what is
+        retrieved for and answered (``Answer.standalone_question``). ``history`` holds earlier
+        messages as ``{"role": "user"|"assistant", "content": str}`` (Gradio's format) or
+        ChatMessage; only the last ``chat.max_messages`` (and ``chat.max_history_chars``) count.
+        """
+        started = time.perf_counter()
+        message = _check_question(message)
+        turns = bound_history(history, self.settings.chat)
+        previous = next(
+            (dominant_language(self.language, m.content) for m in reversed(turns) if m.role == "user"), None
         )
+        question_language = dominant_language(self.language, message, fallback=previous)
+        timings = {"language": time.perf_counter() - started}
+        usage = Usage()
+        standalone = None
+        if turns and self.settings.chat.rewrite:
+            t0 = time.perf_counter()
+            target = language or self.settings.generation.answer_language or question_language
+            standalone, usage = rewrite_follow_up(self.llm, self.language, turns, message, question_language or target)
+            timings["rewrite"] = time.perf_counter() - t0
+        return self._answer_stream(
+            message, standalone, question_language, started=started, timings=timings, usage=usage,
+            collection=collection, top_k=top_k, where=where, reranker=reranker, language=language,
+        )  # fmt: skip
 
+    def chat(self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, **options: Any) -> Answer:
+        """Like ``chat_stream``, but waits for the whole answer."""
+        return self.chat_stream(history, message, **options).answer()
 
-def citations(text: str, hits: Sequence[Hit]) -> list[Citation]:
-    """One Citation per source given to the LLM, flagged when the text cites it as [n]."""
-    cited: set[int] = set()
-    for match in _MARKER.finditer(text):
-        for number in map(int, match.group(1).split(",")):
-            if 1 <= number <= len(hits):
-                cited.add(number)
-            else:
-                log.info("answer cites [%d], but only %d sources were given", number, len(hits))
-    return [Citation(number=i, hit=hit, cited=i in cited) for i, hit in enumerate(hits, 1)]
+    def _answer_stream(
+        self, question: str, standalone: str | None, question_language: str | None, *, started: float,
+        timings: dict[str, float], usage: Usage, collection: str | None, top_k: int | None, where: Where | None,
+        reranker: str | None, language: str | None,
+    ) -> AnswerStream:  # fmt: skip
+        g = self.settings.generation
+        target = language or g.answer_language or question_language
+        if target is not None and not re.fullmatch(r"[a-z]{2,3}", target):
+            raise QueryError(f"answer language must be an ISO 639-1 code such as 'de' or 'zh', got {target!r}")
+        retrieved_for = standalone or question
+        hits = self._retrieve_many(
+            [retrieved_for], collection=collection, top_k=top_k, where=where, reranker=reranker,
+            languages=[dominant_language(self.language, retrieved_for, fallback=question_language)], timings=timings,
+        )[0]  # fmt: skip
+        t0 = time.perf_counter()
+        best = max((h.retrieval_score for h in hits), default=None)
+        if not hits or (g.min_retrieval_score is not None and best is not None and best < g.min_retrieval_score):
+            fitted = None
+            log.info("best retrieval score %s is below generation.min_retrieval_score: not found", best)
+        else:
+            count = self._token_count()
+            fitted = fit_sources(hits, self._context_budget(retrieved_for, target, count), count)
+        timings["fit"] = time.perf_counter() - t0
+        plan = AnswerPlan(
+            question=question, standalone_question=standalone, question_language=question_language,
+            target_language=target, hits=hits, fitted=fitted, model=self.settings.llm.model, timings=timings,
+            usage=usage, started=started,
+        )  # fmt: skip
+        return AnswerStream(plan, generator=self.generator, llm=self.llm, language=self.language, config=g)
+
+    def _token_count(self) -> TokenCount:
+        if self._count is None:
+            self._count, kind = token_counter(self.settings)
+            log.info("counting prompt tokens with the %s tokenizer", kind)
+        return self._count
+
+    def _context_budget(self, question: str, language: str | None, count: TokenCount) -> int:
+        """Tokens left for sources: generation.context_tokens, and what the server's context
+        (max_model_len) leaves after the instructions, the question and the answer."""
+        budgets = []
+        if self.settings.generation.context_tokens is not None:
+            budgets.append(self.settings.generation.context_tokens)
+        context = self._server_context()
+        if context is not None:
+            frame = sum(count(m["content"]) for m in build_messages(question, [], language=language, strict=True))
+            budgets.append(context - self.settings.llm.max_tokens - frame - PROMPT_MARGIN_TOKENS)
+        budget = min(budgets) if budgets else DEFAULT_CONTEXT_TOKENS
+        if budget < 32:
+            raise QueryError(
+                f"the question leaves {budget} tokens for sources in the model's context ({context} tokens, "
+                f"{self.settings.llm.max_tokens} of them for the answer); shorten the question or lower llm.max_tokens"
+            )
+        return budget
+
+    def _server_context(self) -> int | None:
+        """The served model's max_model_len, asked once; None when the server does not say."""
+        if self._max_model_len is None:
+            try:
+                from rag.llm_server import server_info
+
+                info = server_info(self.settings.llm.base_url, timeout_s=5)
+                self._max_model_len = info.max_model_len.get(self.settings.llm.model, 0)
+            except Exception as e:  # noqa: BLE001 - a server that is down fails the answer itself, with its message
+                log.info("cannot ask the LLM server for its context length: %s", e)
+                return None
+        return self._max_model_len or None
 
 
 def _check_question(question: str) -> str:

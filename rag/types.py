@@ -102,10 +102,58 @@ class Citation:
     number: int
     hit: Hit
     cited: bool  # the answer text carries the marker [number]
+    # The prompt held only the start of the chunk (the context budget ran out mid-chunk; the cut is
+    # at a sentence end and the prompt says so): ``span`` covers only what the LLM saw.
+    truncated: bool = False
+    shown_chars: int | None = None  # characters of the chunk's text in the prompt, when truncated
 
     @property
     def chunk(self) -> Chunk:
         return self.hit.chunk
+
+    @property
+    def source(self) -> str:
+        return self.hit.chunk.source
+
+    @property
+    def page(self) -> int | None:
+        return self.hit.chunk.page
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Character span, in the source document's text, of the passage the LLM was shown."""
+        c = self.hit.chunk
+        return (c.start, c.start + self.shown_chars) if self.shown_chars is not None else (c.start, c.end)
+
+
+@dataclass(frozen=True, slots=True)
+class CitedSentence:
+    """A sentence of the answer and the source numbers it cites."""
+
+    text: str
+    start: int  # span in Answer.text
+    end: int
+    sources: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens the LLM server counted, over every call made for one answer."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0  # requests: the answer, retries, language retries, translation, follow-up rewrite
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.calls + other.calls,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(slots=True)
@@ -114,11 +162,31 @@ class Answer:
     text: str
     language: str | None  # detected language of ``text``
     question_language: str | None
-    citations: list[Citation] = field(default_factory=list)
+    citations: list[Citation] = field(default_factory=list)  # every source given to the LLM, numbered
     model: str = ""
+    target_language: str | None = None  # the language the answer had to be in (question's, or forced)
+    standalone_question: str | None = None  # chat: the follow-up rewritten to stand alone
+    found: bool = True  # False: the knowledge base does not hold the answer, and ``text`` says so
+    sentences: list[CitedSentence] = field(default_factory=list)
+    removed_markers: list[str] = field(default_factory=list)  # markers citing no source, cut from text
+    language_attempts: int = 1  # generations it took to get ``target_language`` (1, or 2 after a retry)
+    translated: bool = False  # the LLM translated its own answer into ``target_language``
+    usage: Usage = field(default_factory=Usage)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+    dropped_sources: int = 0  # retrieved chunks left out: the context budget was spent
+
+    @property
+    def language_ok(self) -> bool:
+        return self.target_language is None or self.language == self.target_language
 
     @property
     def cited(self) -> list[Citation]:
         """Citations the answer text refers to, in order of first mention."""
         order = {c.number: self.text.find(f"[{c.number}]") for c in self.citations if c.cited}
         return sorted((c for c in self.citations if c.cited), key=lambda c: order[c.number])
+
+    @property
+    def top_citation(self) -> Citation | None:
+        """The first source the answer cites, or None when it cites none."""
+        cited = self.cited
+        return cited[0] if cited else None

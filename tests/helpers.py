@@ -26,7 +26,7 @@ class FakeServer:
                 respond(self)
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 respond(self)
 
             def log_message(self, *args):
@@ -59,3 +59,85 @@ def reply(status: int, body: dict, delay_s: float = 0) -> Callable[[BaseHTTPRequ
             pass
 
     return respond
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat server that plays scripted replies, one per request, in order.
+
+    A reply is a str (streamed in pieces of ``piece`` characters, then finish_reason "stop" and
+    usage), or a dict: {"status": 503} answers that HTTP error; {"text": ..., "cut_after": n}
+    streams n pieces and closes the connection without a finish reason; {"text": ..., "delay_s":
+    d} waits d seconds before each piece. The last reply repeats once the script runs out.
+    ``requests`` holds every chat request body; ``closed_early`` counts streams the client closed.
+    """
+
+    def __init__(self, *replies, max_model_len: int | None = 4096, piece: int = 4) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict] = []
+        self.closed_early = 0
+        self.max_model_len = max_model_len
+        self.piece = piece
+        fake = self
+
+        def respond(handler: BaseHTTPRequestHandler) -> None:
+            fake._respond(handler)
+
+        self._server = FakeServer(respond)
+        self.url = self._server.url
+
+    def __enter__(self) -> FakeLLM:
+        self._server.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.__exit__(*exc)
+
+    @property
+    def prompts(self) -> list[str]:
+        return ["\n".join(m["content"] for m in r["messages"]) for r in self.requests]
+
+    def _respond(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path
+        if handler.command == "GET" and path.endswith("/models"):
+            model = {"id": "m", "object": "model"}
+            if self.max_model_len:
+                model["max_model_len"] = self.max_model_len
+            return reply(200, {"object": "list", "data": [model]})(handler)
+        if handler.command == "GET" and path == "/health":
+            return reply(200, {})(handler)
+        body = json.loads(getattr(handler, "body", b"") or b"{}")
+        if path == "/tokenize":
+            return reply(200, {"count": len(body.get("prompt", "").split())})(handler)
+        self.requests.append(body)
+        spec = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+        spec = {"text": spec} if isinstance(spec, str) else spec
+        if "status" in spec:
+            return reply(spec["status"], {"error": {"message": spec.get("message", "scripted failure")}})(handler)
+        text, cut, delay = spec["text"], spec.get("cut_after"), spec.get("delay_s", 0)
+        pieces = [text[i : i + self.piece] for i in range(0, len(text), self.piece)]
+
+        def chunk(choices, usage=None) -> bytes:
+            event = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": choices}
+            if usage:
+                event["usage"] = usage
+            return f"data: {json.dumps(event)}\n\n".encode()
+
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/event-stream")
+            handler.end_headers()
+            for i, p in enumerate(pieces):
+                if cut is not None and i >= cut:
+                    handler.wfile.flush()
+                    return
+                time.sleep(delay)
+                handler.wfile.write(chunk([{"index": 0, "delta": {"content": p}, "finish_reason": None}]))
+                handler.wfile.flush()
+            handler.wfile.write(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+            prompt_tokens = sum(len(m["content"].split()) for m in body.get("messages", []))
+            handler.wfile.write(chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                                           "total_tokens": prompt_tokens + len(pieces)}))  # fmt: skip
+            handler.wfile.write(b"data: [DONE]\n\n")
+            handler.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed_early += 1

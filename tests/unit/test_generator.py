@@ -1,10 +1,10 @@
 import pytest
 
 from rag.config import LLMConfig
-from rag.errors import GenerationError
-from rag.generator import LLMClient, build_messages
+from rag.errors import ConfigError, GenerationError
+from rag.generator import LLMClient, PromptSource, build_messages
 from tests.conftest import free_port
-from tests.helpers import FakeServer, hit, reply
+from tests.helpers import FakeLLM, FakeServer, reply
 
 MESSAGES = [{"role": "user", "content": "Hallo?"}]
 
@@ -44,8 +44,41 @@ def test_unknown_model_lists_the_served_ones():
 
 
 def test_prompt_numbers_sources_and_names_the_language_twice():
-    messages = build_messages("Wie viele Tage?", [hit("26 日"), hit("30 days")], language="de")
+    messages = build_messages("Wie viele Tage?", [PromptSource(1, "26 日"), PromptSource(2, "30 days")], language="de")
     user = messages[-1]["content"]
     assert "[1] 26 日" in user and "[2] 30 days" in user
     assert "Answer in German (Deutsch). Antworte auf Deutsch." in user
     assert "Answer in German" in messages[0]["content"]
+    assert "NOT_FOUND" in messages[0]["content"]
+
+
+def test_strict_prompt_names_the_wrong_language():
+    messages = build_messages("Сколько дней?", [PromptSource(1, "30 days")], language="ru", wrong_language="en", strict=True)
+    assert "in Russian (русский), not in English" in messages[-1]["content"]
+    assert "Отвечай на русском языке." in messages[0]["content"]
+
+
+def test_chat_helper_returns_text_and_usage():
+    with FakeLLM("Hallo Welt") as fake:
+        completion = client(fake.url).complete(MESSAGES)
+    assert completion.text == "Hallo Welt" and completion.finish_reason == "stop"
+    assert completion.usage.calls == 1 and completion.usage.completion_tokens == 3
+
+
+def test_token_counters(monkeypatch):
+    from rag.answering import estimate_tokens, token_counter
+    from rag.config import Settings
+
+    with FakeLLM("x") as fake:
+        settings = Settings(llm={"base_url": fake.url, "model": "m"}, generation={"tokenizer": "server"})
+        count, kind = token_counter(settings)
+        assert kind == "server" and count("drei kleine Wörter") == 3
+        # auto: no local model folder for "m" -> the server's /tokenize
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        count, kind = token_counter(Settings(llm={"base_url": fake.url, "model": "/nonexistent/m"}))
+        assert kind == "server"
+    down = Settings(llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "/nonexistent/m"})
+    count, kind = token_counter(down)
+    assert kind == "estimate" and count("日本語") == estimate_tokens("日本語") == 3
+    with pytest.raises(ConfigError, match="generation.tokenizer is 'local'"):
+        token_counter(down.model_copy(update={"generation": down.generation.model_copy(update={"tokenizer": "local"})}))

@@ -3,7 +3,8 @@ import rag
 
 def test_public_api_is_curated():
     assert set(rag.__all__) == {
-        "Answer", "AnswerStream", "BabelRAGError", "Chunk", "Citation", "CollectionInfo",
+        "Answer", "AnswerEvent", "AnswerStream", "BabelRAGError", "ChatMessage", "Chunk", "Citation",
+        "CitedSentence", "CollectionInfo", "Usage",
         "CollectionNotFoundError", "ConfigError", "Document", "FileIssue", "GenerationError", "Hit",
         "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",
         "ManifestEntry", "ModelNotFoundError", "Pipeline", "QueryError", "Settings", "StoreError", "load_settings",
@@ -19,12 +20,10 @@ def test_every_error_is_a_babelrag_error():
             assert issubclass(obj, rag.BabelRAGError)
 
 
-def test_citations_map_markers_to_sources():
-    from rag.pipeline import citations
+def test_answer_cited_is_in_order_of_first_mention():
     from tests.helpers import hit
 
-    hits = [hit("a", index=0), hit("b", index=1), hit("c", index=2)]
-    cs = citations("Erstens [2]. Zweitens [1, 2] und [7].", hits)
-    assert [(c.number, c.cited) for c in cs] == [(1, True), (2, True), (3, False)]
-    answer = rag.Answer(question="q", text="Erstens [2]. Zweitens [1].", language="de", question_language="de", citations=cs)
+    cs = [rag.Citation(number=i, hit=hit(t, index=i), cited=True) for i, t in enumerate("abc", 1)]
+    answer = rag.Answer(question="q", text="Erstens [2]. Zweitens [1].", language="de", question_language="de", citations=cs[:2])
     assert [c.number for c in answer.cited] == [2, 1]
+    assert answer.top_citation.number == 2

@@ -1,0 +1,106 @@
+"""Conversations: bounded history, and follow-ups rewritten into standalone questions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rag.config import ChatConfig
+from rag.errors import QueryError
+from rag.generator import LLMClient, Message
+from rag.language import LanguageIdentifier, dominant_language
+from rag.languages import LANGUAGES, english_name
+from rag.types import Usage
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 600  # each earlier message is cut to this in the rewrite prompt
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+def bound_history(history: Sequence[ChatMessage | Mapping[str, Any]], config: ChatConfig) -> list[ChatMessage]:
+    """The last ``config.max_messages`` text messages, within ``config.max_history_chars``.
+
+    Accepts ChatMessage or ``{"role", "content"}`` mappings (Gradio's messages format); messages
+    whose content is not text (files, images) are skipped, other roles are an error.
+    """
+    messages: list[ChatMessage] = []
+    for i, m in enumerate(history):
+        role, content = (m.role, m.content) if isinstance(m, ChatMessage) else (m.get("role"), m.get("content"))
+        if role not in ("user", "assistant"):
+            if role == "system":
+                continue
+            raise QueryError(f"history message {i} has role {role!r}; expected 'user' or 'assistant'")
+        if isinstance(content, str) and content.strip():
+            messages.append(ChatMessage(role, content.strip()))
+    messages = messages[-config.max_messages :] if config.max_messages else []
+    while messages and sum(len(m.content) for m in messages) > config.max_history_chars:
+        messages.pop(0)
+    return messages
+
+
+_EXAMPLE = (
+    "Conversation:\nUser: Who won the 2014 World Cup?\nAssistant: Germany won the 2014 World Cup [1].\n"
+    "Last message: And in 2018?\nStandalone question: Who won the 2018 World Cup?"
+)
+
+
+def rewrite_messages(history: Sequence[ChatMessage], message: str, language: str | None) -> list[Message]:
+    named = english_name(language) if language else "the language of the last message"
+    native = LANGUAGES.get(language or "", ("", "", "", ""))[1]
+    if native and native != named:
+        named = f"{named} ({native})"
+    lines = []
+    for m in history:
+        text = re.sub(r"\s*\[\d+\]", "", m.content)
+        text = text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+        lines.append(f"{'User' if m.role == 'user' else 'Assistant'}: {' '.join(text.split())}")
+    return [
+        {
+            "role": "system",
+            "content": "You rewrite the last message of a conversation into one standalone question that can be "
+            "understood without the conversation: replace pronouns and ellipses with what they refer to. Do not "
+            f"answer it. Write only the question, in {named}.\n\nExample:\n{_EXAMPLE}",
+        },
+        {
+            "role": "user",
+            "content": "Conversation:\n" + "\n".join(lines) + f"\nLast message: {message}\n"
+            f"Standalone question in {named}:",
+        },
+    ]
+
+
+_PREFIX = re.compile(r"^\s*(?:standalone question|question|rewritten question)\s*[:：]\s*", re.IGNORECASE)
+
+
+def rewrite_follow_up(
+    llm: LLMClient, identifier: LanguageIdentifier, history: Sequence[ChatMessage], message: str,
+    language: str | None,
+) -> tuple[str, Usage]:  # fmt: skip
+    """``message`` rewritten to stand alone, and the tokens it cost.
+
+    A rewrite that is empty, runs on, or is in another language than ``language`` is not
+    trusted: the previous question and the message together are used instead (they retrieve
+    well, and the answer prompt still shows the message).
+    """
+    previous = next((m.content for m in reversed(history) if m.role == "user"), "")
+    fallback = f"{previous} {message}".strip()
+    completion = llm.complete(rewrite_messages(history, message, language), max_tokens=96)
+    text = completion.text.strip().splitlines()[0] if completion.text.strip() else ""
+    text = _PREFIX.sub("", text).strip().strip('"“”«»「」').strip()
+    rewritten_language = dominant_language(identifier, text, fallback=language)
+    if not text or len(text) > 3 * len(fallback) + 200:
+        log.info("follow-up rewrite %r not used (empty or too long)", text)
+        return fallback, completion.usage
+    if language and rewritten_language != language:
+        log.info("follow-up rewrite %r is in %s, not %s; not used", text, rewritten_language, language)
+        return fallback, completion.usage
+    return text, completion.usage
