@@ -28,9 +28,11 @@ class _LazyIdentifier:
     """Loads its detector once, on first use or ``warm_up`` (thread-safe); text without letters
     has no language."""
 
-    def __init__(self, config: LanguageConfig | None = None) -> None:
+    def __init__(self, config: LanguageConfig | None = None, *, preload: bool = True) -> None:
         self.config = config or LanguageConfig()
+        self.preload = preload
         self._detector = None
+        self._lingua = None
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -74,7 +76,7 @@ class LinguaIdentifier(_LazyIdentifier):
             builder = LanguageDetectorBuilder.from_iso_codes_639_1(*codes)
         if self.config.low_accuracy:
             builder = builder.with_low_accuracy_mode()
-        else:  # lingua loads lazily; without this the first question pays ~6 s
+        elif self.preload:  # lingua loads lazily; without this the first question pays ~6 s
             builder = builder.with_preloaded_language_models()
         return builder.build()
 
@@ -104,6 +106,27 @@ class FastTextIdentifier(_LazyIdentifier):
         detector.detect("warm up", model="lite")  # the model itself loads on first use
         return detector
 
+    def candidates(self, text: str) -> list[tuple[str, float]]:
+        """Allowed languages with fastText's probabilities, most likely first."""
+        if not any(ch.isalpha() for ch in text):
+            return []
+        self.warm_up()
+        found = self._detector.detect(" ".join(text.split()), model="lite", k=5)
+        allowed = self.config.languages
+        merged: dict[str, float] = {}
+        for c in found:
+            code = _FASTTEXT_CODES.get(c["lang"], c["lang"])
+            if allowed is None or code in allowed:
+                merged[code] = merged.get(code, 0.0) + float(c["score"])
+        return sorted(merged.items(), key=lambda kv: -kv[1])
+
+    def settle(self, text: str) -> str | None:
+        """lingua's answer among the configured languages; its models load on first use."""
+        with self._lock:
+            if self._lingua is None:
+                self._lingua = LinguaIdentifier(self.config.model_copy(update={"low_accuracy": False}), preload=False)
+        return self._lingua.detect(text)
+
     def _detect(self, text: str) -> str | None:
         candidates = self._detector.detect(" ".join(text.split()), model="lite", k=5)
         codes = [_FASTTEXT_CODES.get(c["lang"], c["lang"]) for c in candidates]
@@ -121,7 +144,7 @@ def language_identifier(config: LanguageConfig | None = None) -> LanguageIdentif
 
 
 # Scripts that name their language outright (for the languages BabelRAG knows), and the Unicode
-# blocks of each script. Han counts double: one character carries about a word.
+# blocks of each script. A Han character counts as 3 letters: it carries about a short word.
 _SCRIPT_BLOCKS: list[tuple[str, int, int]] = [
     ("latin", 0x0041, 0x024F), ("greek", 0x0370, 0x03FF), ("cyrillic", 0x0400, 0x052F),
     ("hebrew", 0x0590, 0x05FF), ("arabic", 0x0600, 0x06FF), ("arabic", 0x0750, 0x077F),
@@ -152,41 +175,74 @@ def script_counts(text: str) -> dict[str, int]:
     for ch in text:
         script = script_of(ch)
         if script:
-            counts[script] = counts.get(script, 0) + (2 if script == "han" else 1)
+            counts[script] = counts.get(script, 0) + (3 if script == "han" else 1)
     return counts
+
+
+CONFIDENT = 0.5  # fastText's probability above which its answer stands (if its script is there)
+
+
+def _script_share(code: str, counts: dict[str, int]) -> float:
+    script = _LANGUAGE_SCRIPT.get(code, "latin")
+    present = counts.get(script, 0) + (counts.get("han", 0) if code == "ja" else 0)
+    return present / max(sum(counts.values()), 1)
 
 
 def dominant_language(
     identifier: LanguageIdentifier, text: str, *, fallback: str | None = None, short: int = 16
 ) -> str | None:
-    """The language of most of ``text``, robust to code-switching and short text.
+    """The language of ``text``'s grammar, robust to code-switching and short text.
 
-    The script with the most letters decides first: a German question quoting a Japanese term is
-    German, and Thai, Korean, Greek, Hebrew, Bengali or Tamil letters name their language
-    outright. Japanese is Han text with kana; Han without kana is Chinese. For scripts shared by
-    several languages (Latin, Cyrillic, Arabic, Devanagari) the identifier reads only the letters
-    of that script. Text with fewer than 3 letters gets ``fallback`` (e.g. the conversation's
-    language) or None, and so does text shorter than ``short`` letters in ``fallback``'s script:
-    "Et en 2019 ?" is too short to tell French from Spanish, the conversation is not.
+    The identifier's answer stands when it is confident, or names a language with a script of its
+    own, and that script holds at least 20 % of the letters (a Thai or Greek question quoting an
+    English name is Thai or Greek). Otherwise the script with the
+    most letters decides: Thai, Korean, Greek, Hebrew, Bengali or Tamil letters name their
+    language; Han with kana is Japanese, Han alone Chinese; for scripts shared by several
+    languages (Latin, Cyrillic, Arabic, Devanagari) lingua settles it among the configured
+    languages, reading only that script's letters ("Wann fand Marconis Funkdemonstration statt?"
+    is 45 % English to fastText). Text with fewer than 3 letters gets ``fallback`` (e.g. the
+    conversation's language) or None, and so does text shorter than ``short`` letters in
+    ``fallback``'s script: "Et en 2019 ?" is too short to tell French from Spanish, the
+    conversation is not.
     """
     counts = script_counts(text)
     letters = sum(counts.values())
     if letters < 3:
         return fallback
-    if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
-        return "ja"
     script = max(counts, key=counts.__getitem__)
     if fallback and letters < short and _LANGUAGE_SCRIPT.get(fallback, "latin") == script:
         return fallback
+    candidates = _candidates(identifier, text)
+    if candidates:
+        code, p = candidates[0]
+        share = _script_share(code, counts)
+        # confident, or unsure but in a script of its own that is there: names in a non-Latin
+        # question are mostly Latin, not the other way round
+        if (p >= CONFIDENT and share >= 0.2) or (_LANGUAGE_SCRIPT.get(code, "latin") != "latin" and share >= 0.2):
+            return "zh" if code == "ja" and not counts.get("kana") else code
+    if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
+        return "ja"
     if script in _SCRIPT_LANGUAGE:
         return _SCRIPT_LANGUAGE[script]
     if script == "han":
         return "zh"
-    kept = "".join(ch if (script_of(ch) in (script, None)) else " " for ch in text)
-    code = identifier.detect(kept)
-    if code is None:
-        return fallback
-    expected = _LANGUAGE_SCRIPT.get(code, "latin")
-    if expected != script:  # e.g. a Latin-script transliteration read as Hindi: trust the script
-        return fallback if fallback and _LANGUAGE_SCRIPT.get(fallback, "latin") == script else code
-    return code
+    kept = " ".join("".join(ch if script_of(ch) in (script, None) else " " for ch in text).split())
+    settled = _tiebreak(identifier, kept)
+    if settled is not None:
+        return settled
+    same = [c for c, _ in candidates if _LANGUAGE_SCRIPT.get(c, "latin") == script]
+    return same[0] if same else identifier.detect(kept) or fallback
+
+
+def _candidates(identifier: LanguageIdentifier, text: str) -> list[tuple[str, float]]:
+    scored = getattr(identifier, "candidates", None)
+    if scored is not None:
+        return scored(text)
+    code = identifier.detect(text)
+    return [(code, 1.0)] if code else []
+
+
+def _tiebreak(identifier: LanguageIdentifier, text: str) -> str | None:
+    """lingua, over the identifier's configured languages, for text fastText is unsure of."""
+    settle = getattr(identifier, "settle", None)
+    return settle(text) if settle is not None else None

@@ -206,7 +206,7 @@ class Pipeline:
         depth = max(top_k, self.settings.retrieval.candidates)
         t0 = time.perf_counter()
         if languages is None:
-            languages = [self.language.detect(q) for q in queries]
+            languages = [dominant_language(self.language, q) for q in queries]
         batches = self.retriever.retrieve(queries, collection, top_k=depth, where=where, languages=list(languages))
         t1 = time.perf_counter()
         ranked = [rerank.rerank(q, hits)[:top_k] for q, hits in zip(queries, batches, strict=True)]

@@ -65,3 +65,39 @@ def test_unknown_code_in_config_is_a_config_error():
 
     with pytest.raises(ConfigError, match="'xx' is not an ISO 639-1 code"):
         LinguaIdentifier(LanguageConfig(languages=["en", "xx"])).detect("hello there")
+
+
+# -- the language of a question or an answer: dominant_language --------------------------------
+
+from rag.language import dominant_language, language_identifier  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Wie viele 有給休暇 habe ich 2024?", "de"),  # a Japanese term in a German question
+        ("What does 有給休暇 mean?", "en"),
+        ("有給休暇は何日ですか？", "ja"),
+        ("年假有多少天？", "zh"),  # Han without kana
+        ("Energiprojekt AB公司位于何处?", "zh"),  # a Latin name in a Chinese question
+        ("NASUWT คืออะไร?", "th"),
+        ("Πού εδρεύει η Energiprojekt AB;", "el"),
+        ("أين يقع Energiprojekt AB؟", "ar"),
+        ("DECnet क्या है", "hi"),
+        ("Что делала компания Tesla Electric Light & Manufacturing?", "ru"),
+        ("Wann fand Marconis Funkdemonstration statt?", "de"),  # fastText: 45 % English; lingua settles it
+        ("Câte mingi a interceptat Josh Norman?", "ro"),
+    ],
+)
+def test_dominant_language_of_code_switched_and_short_questions(text, expected):
+    assert dominant_language(language_identifier(), text) == expected
+
+
+def test_short_follow_ups_keep_the_conversations_language():
+    lid = language_identifier()
+    assert dominant_language(lid, "Et en 2019 ?", fallback="fr") == "fr"  # fastText alone: es
+    assert dominant_language(lid, "ok?", fallback="de") == "de"  # too few letters
+    assert dominant_language(lid, "ok?") is None
+    assert dominant_language(lid, "Und 2019?", fallback="ru") == "de"  # another script: no fallback
+    long = "Und wie viele Mitarbeitende hat die Firma heute?"
+    assert dominant_language(lid, long, fallback="en") == "de"
