@@ -28,7 +28,7 @@ from rag.generator import (
     format_source,
     translation_messages,
 )
-from rag.language import LanguageIdentifier, dominant_language, script_counts
+from rag.language import LANGUAGE_SCRIPT, LanguageIdentifier, dominant_language, script_counts, script_share
 from rag.languages import not_found_message
 from rag.types import Answer, Citation, CitedSentence, Hit, Usage
 
@@ -456,13 +456,11 @@ class AnswerStream:
             and config.on_wrong_language == "translate"
         ):
             t1 = time.perf_counter()
-            translated = self._translate(text, target)
+            reason = f"the answer was in {language}, not {target}: translated"
+            translated = yield from self._stream_translation(text, target, reset=reason if shown else None)
             plan.timings["translate"] = time.perf_counter() - t1
             if translated is not None:
                 self._translated = True
-                if shown:
-                    yield AnswerEvent("reset", f"the answer was in {language}, not {target}: translated")
-                yield AnswerEvent("delta", translated)
                 self._text = translated
                 return
         if not shown:
@@ -487,23 +485,62 @@ class AnswerStream:
         if not self._config.verify_language or not target:
             return "ok"
         language = self._detect(text)
-        return "ok" if language in (None, target) else "wrong"
+        if language in (None, target):
+            return "ok"
+        # a Thai answer that opens with a Latin-script name is still Thai
+        counts = script_counts(_MARKER.sub(" ", text))
+        own = LANGUAGE_SCRIPT.get(target, "latin")
+        return "ok" if own != "latin" and script_share(target, counts) >= 0.3 else "wrong"
 
     def _detect(self, text: str) -> str | None:
         return dominant_language(self._language, _MARKER.sub(" ", text))
 
-    def _translate(self, text: str, target: str) -> str | None:
+    def _stream_translation(self, text: str, target: str, *, reset: str | None) -> Iterator[AnswerEvent]:
+        """The LLM's translation of ``text``, streamed once its start is seen to be in ``target``
+        (after a ``reset`` event when the original was shown); returns it, or None (nothing shown)
+        when it fails or comes back in another language."""
+        self._stream = self._llm.stream_chat(translation_messages(text, target))
+        translated, shown = "", False
         try:
-            completion = self._llm.complete(translation_messages(text, target))
+            for piece in self._stream:
+                translated += piece
+                if shown:
+                    yield AnswerEvent("delta", piece)
+                    continue
+                verdict = self._early_verdict(translated, target)
+                if verdict == "ok":
+                    shown = True
+                    if reset:
+                        yield AnswerEvent("reset", reset)
+                    yield AnswerEvent("delta", translated.lstrip())
+                elif verdict in ("wrong", "empty"):
+                    break
         except GenerationError as e:
+            if shown:
+                raise
             log.warning("translating the answer into %s failed: %s", target, e)
             return None
-        self.plan.usage = self.plan.usage + completion.usage
-        translated = completion.text.strip()
-        if not translated or self._detect(translated) != target:
-            log.info("the translation into %s came back in %s; keeping the answer", target, self._detect(translated))
-            return None
+        finally:
+            self.plan.usage = self.plan.usage + self._stream.usage
+            self._stream.close()
+        translated = translated.strip()
+        if not shown:
+            if self._verdict(translated, target) != "ok":
+                log.info("the translation into %s came back in %s; keeping the answer", target, self._detect(translated))
+                return None
+            if reset:
+                yield AnswerEvent("reset", reset)
+            yield AnswerEvent("delta", translated)
         return translated
+
+    def _translate(self, text: str, target: str) -> str | None:
+        """``_stream_translation`` without the events."""
+        gen = self._stream_translation(text, target, reset=None)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
 
     def _not_found_text(self) -> str:
         target = self.plan.target_language
@@ -520,7 +557,7 @@ class AnswerStream:
     def _finish(self) -> Answer:
         plan = self.plan
         hits = self.hits
-        mapped = map_citations(self._text, len(hits) if self._found else 0)
+        mapped = map_citations(self._text.strip(), len(hits) if self._found else 0)
         shown = plan.fitted.shown_chars if plan.fitted else []
         citations = [
             Citation(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from rag.config import ChatConfig
 from rag.errors import QueryError
 from rag.generator import LLMClient, Message
+from rag.keyword import tokenize
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import LANGUAGES, english_name
 from rag.types import Usage
@@ -87,9 +88,9 @@ def rewrite_follow_up(
 ) -> tuple[str, Usage]:  # fmt: skip
     """``message`` rewritten to stand alone, and the tokens it cost.
 
-    A rewrite that is empty, runs on, or is in another language than ``language`` is not
-    trusted: the previous question and the message together are used instead (they retrieve
-    well, and the answer prompt still shows the message).
+    A rewrite that is empty, runs on, is in another language than ``language``, or takes no
+    term from the conversation is not trusted: the previous question and the message together
+    are used instead (they retrieve well; small models often just drop the "and").
     """
     previous = next((m.content for m in reversed(history) if m.role == "user"), "")
     fallback = f"{previous} {message}".strip()
@@ -103,4 +104,24 @@ def rewrite_follow_up(
     if language and rewritten_language != language:
         log.info("follow-up rewrite %r is in %s, not %s; not used", text, rewritten_language, language)
         return fallback, completion.usage
+    if not carries_context(text, message, history):
+        log.info("follow-up rewrite %r adds nothing from the conversation; not used", text)
+        return fallback, completion.usage
     return text, completion.usage
+
+
+def carries_context(rewrite: str, message: str, history: Sequence[ChatMessage]) -> bool:
+    """The rewrite holds a term from the conversation that the message lacks ("die Firma" became
+    "Nordlicht Robotics"); a rewrite that only rephrases the message resolved nothing."""
+    added = _terms(rewrite) - _terms(message)
+    earlier = set().union(*(_terms(m.content) for m in history)) if history else set()
+    return bool(added & earlier)
+
+
+_HIRAGANA = re.compile(r"[\u3041-\u309f]")
+
+
+def _terms(text: str) -> set[str]:
+    """Content terms: BM25 tokens without stopwords, and without Japanese bigrams that hold a
+    particle or an inflection (hiragana: "は何", "です")."""
+    return {t for t in tokenize(text) if not _HIRAGANA.search(t)}

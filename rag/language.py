@@ -154,7 +154,7 @@ _SCRIPT_BLOCKS: list[tuple[str, int, int]] = [
     ("hangul", 0xAC00, 0xD7AF), ("arabic", 0xFB50, 0xFDFF), ("arabic", 0xFE70, 0xFEFF),
 ]  # fmt: skip
 _SCRIPT_LANGUAGE = {"greek": "el", "hebrew": "he", "bengali": "bn", "tamil": "ta", "thai": "th", "hangul": "ko"}
-_LANGUAGE_SCRIPT = {
+LANGUAGE_SCRIPT = {
     "el": "greek", "he": "hebrew", "bn": "bengali", "ta": "tamil", "th": "thai", "ko": "hangul",
     "ru": "cyrillic", "uk": "cyrillic", "bg": "cyrillic", "sr": "cyrillic", "mk": "cyrillic", "be": "cyrillic",
     "kk": "cyrillic", "ar": "arabic", "fa": "arabic", "ur": "arabic", "ps": "arabic", "hi": "devanagari",
@@ -182,8 +182,8 @@ def script_counts(text: str) -> dict[str, int]:
 CONFIDENT = 0.5  # fastText's probability above which its answer stands (if its script is there)
 
 
-def _script_share(code: str, counts: dict[str, int]) -> float:
-    script = _LANGUAGE_SCRIPT.get(code, "latin")
+def script_share(code: str, counts: dict[str, int]) -> float:
+    script = LANGUAGE_SCRIPT.get(code, "latin")
     present = counts.get(script, 0) + (counts.get("han", 0) if code == "ja" else 0)
     return present / max(sum(counts.values()), 1)
 
@@ -210,15 +210,15 @@ def dominant_language(
     if letters < 3:
         return fallback
     script = max(counts, key=counts.__getitem__)
-    if fallback and letters < short and _LANGUAGE_SCRIPT.get(fallback, "latin") == script:
+    if fallback and letters < short and LANGUAGE_SCRIPT.get(fallback, "latin") == script:
         return fallback
     candidates = _candidates(identifier, text)
     if candidates:
         code, p = candidates[0]
-        share = _script_share(code, counts)
+        share = script_share(code, counts)
         # confident, or unsure but in a script of its own that is there: names in a non-Latin
         # question are mostly Latin, not the other way round
-        if (p >= CONFIDENT and share >= 0.2) or (_LANGUAGE_SCRIPT.get(code, "latin") != "latin" and share >= 0.2):
+        if (p >= CONFIDENT and share >= 0.2) or (LANGUAGE_SCRIPT.get(code, "latin") != "latin" and share >= 0.2):
             return "zh" if code == "ja" and not counts.get("kana") else code
     if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
         return "ja"
@@ -230,7 +230,7 @@ def dominant_language(
     settled = _tiebreak(identifier, kept)
     if settled is not None:
         return settled
-    same = [c for c, _ in candidates if _LANGUAGE_SCRIPT.get(c, "latin") == script]
+    same = [c for c, _ in candidates if LANGUAGE_SCRIPT.get(c, "latin") == script]
     return same[0] if same else identifier.detect(kept) or fallback
 
 

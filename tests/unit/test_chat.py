@@ -63,3 +63,23 @@ def test_untrusted_rewrite_falls_back_to_the_previous_question_and_the_message(r
     with FakeLLM(reply) as fake:
         text, _ = rewrite_follow_up(llm(fake.url), LID, turns, "Und 2019?", "de")
     assert text == "Wie viele Urlaubstage hatte BabelCorp 2018? Und 2019?"
+
+
+def test_rewrite_that_only_rephrases_the_message_is_not_trusted():
+    turns = bound_history(
+        [{"role": "user", "content": "Wann wurde Nordlicht Robotics gegründet?"},
+         {"role": "assistant", "content": "2009 in Kiel [1]."}], ChatConfig())  # fmt: skip
+    with FakeLLM("Wie viele Mitarbeitende hat die Firma heute?") as fake:
+        text, _ = rewrite_follow_up(llm(fake.url), LID, turns, "Und wie viele Mitarbeitende hat die Firma heute?", "de")
+    assert text == "Wann wurde Nordlicht Robotics gegründet? Und wie viele Mitarbeitende hat die Firma heute?"
+    with FakeLLM("Wie viele Mitarbeitende hat Nordlicht Robotics heute?") as fake:
+        text, _ = rewrite_follow_up(llm(fake.url), LID, turns, "Und wie viele Mitarbeitende hat die Firma heute?", "de")
+    assert text == "Wie viele Mitarbeitende hat Nordlicht Robotics heute?"
+
+
+def test_context_check_works_without_spaces():
+    from rag.chat import carries_context
+
+    history = [ChatMessage("user", "有給休暇は何日ですか？"), ChatMessage("assistant", "26日です[1]。")]
+    assert carries_context("有給休暇の申請方法は？", "申請方法は？", history)
+    assert not carries_context("申請方法は何ですか？", "申請方法は？", history)
