@@ -151,6 +151,18 @@ def fit_sources(hits: Sequence[Hit], budget: int, count: TokenCount) -> FittedSo
     return FittedSources(sources, kept, shown, dropped=len(hits) - len(kept), tokens=used)
 
 
+def below_thresholds(hits: Sequence[Hit], config: GenerationConfig, *, reranked: bool) -> str | None:
+    """Why ``hits`` cannot support an answer without asking the LLM, or None when they may."""
+    if not hits:
+        return "nothing was retrieved"
+    best = max(h.retrieval_score for h in hits)
+    if config.min_retrieval_score is not None and best < config.min_retrieval_score:
+        return f"the best retrieval score {best:.3f} is below generation.min_retrieval_score"
+    if reranked and config.min_rerank_score is not None and hits[0].score < config.min_rerank_score:
+        return f"the best reranker score {hits[0].score:.3f} is below generation.min_rerank_score"
+    return None
+
+
 # -- sentences and citations -------------------------------------------------------------------
 
 # A sentence ends at . ! ? and their CJK, Devanagari, Arabic and Urdu forms, with any closing
@@ -435,6 +447,8 @@ class AnswerStream:
         if says_not_found(text) or not _has_content(text):
             self._found = False
             self._text = self._not_found_text()
+            if shown:
+                yield AnswerEvent("reset", "the model found no answer in the sources")
             yield AnswerEvent("delta", self._text)
             return
         text = strip_sentinel(text) if "NOT" in text else text
@@ -469,10 +483,10 @@ class AnswerStream:
 
     def _early_verdict(self, held: str, target: str | None) -> str | None:
         """None: keep holding back; "ok": show it; "wrong": the language is not ``target``."""
-        if not self._config.verify_language or not target:
-            return "ok"
         if _could_be_sentinel(held):
             return None
+        if not self._config.verify_language or not target:
+            return "ok"
         if sum(script_counts(_MARKER.sub(" ", held)).values()) < self._config.language_check_chars:
             return None
         return self._verdict(held, target)

@@ -192,6 +192,9 @@ class GenerationConfig(_Section):
     # None: always ask. The fused first-stage score does not separate off-topic from answerable
     # questions well (README, "Answers"); the LLM's own NOT_FOUND and check_numbers do the work.
     min_retrieval_score: float | None = None
+    # The same for the reranker's score of the best hit (a cross-encoder's sigmoid score, e.g.
+    # 0.1), when a reranker ran. None: off. Not tuned here: no multilingual cross-encoder at hand.
+    min_rerank_score: float | None = None
     # An answer that cites no source and states only numbers that no source holds is replaced by
     # "not found": numbers are the facts checkable across languages without a model.
     check_numbers: bool = True

@@ -18,6 +18,7 @@ from rag.answering import (
     AnswerPlan,
     AnswerStream,
     TokenCount,
+    below_thresholds,
     fit_sources,
     token_counter,
 )
@@ -301,10 +302,11 @@ class Pipeline:
             languages=[dominant_language(self.language, retrieved_for, fallback=question_language)], timings=timings,
         )[0]  # fmt: skip
         t0 = time.perf_counter()
-        best = max((h.retrieval_score for h in hits), default=None)
-        if not hits or (g.min_retrieval_score is not None and best is not None and best < g.min_retrieval_score):
+        reranked = (reranker or self.settings.reranker.kind) != "none"
+        why = below_thresholds(hits, g, reranked=reranked)
+        if why is not None:
             fitted = None
-            log.info("best retrieval score %s is below generation.min_retrieval_score: not found", best)
+            log.info("not found without asking the LLM: %s", why)
         else:
             count = self._token_count()
             fitted = fit_sources(hits, self._context_budget(retrieved_for, target, count), count)

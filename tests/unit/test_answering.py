@@ -344,3 +344,24 @@ def test_translation_in_the_wrong_language_keeps_the_answer():
         answer = stream(fake.url).answer()
     assert answer.text == EN.strip() and not answer.translated and answer.language == "en"
     assert len(fake.requests) == 3  # answer, strict retry, translation (in Polish: not used)
+
+
+def test_sentinel_is_never_shown_even_without_language_checks():
+    with FakeLLM("NOT_FOUND") as fake:
+        s = stream(fake.url, verify_language=False)
+        events = list(s.events())
+    assert [e.kind for e in events] == ["delta"] and events[0].text == not_found_message("de")
+
+
+def test_score_thresholds_decide_before_the_llm():
+    from dataclasses import replace
+
+    from rag.answering import below_thresholds
+
+    hits = [replace(hit("a", score=0.05), retrieval_score=0.4), hit("b", score=0.02)]
+    assert below_thresholds([], GenerationConfig(), reranked=False) == "nothing was retrieved"
+    assert below_thresholds(hits, GenerationConfig(), reranked=True) is None
+    assert "min_retrieval_score" in below_thresholds(hits, GenerationConfig(min_retrieval_score=0.5), reranked=False)
+    assert below_thresholds(hits, GenerationConfig(min_retrieval_score=0.3), reranked=False) is None
+    assert "min_rerank_score" in below_thresholds(hits, GenerationConfig(min_rerank_score=0.1), reranked=True)
+    assert below_thresholds(hits, GenerationConfig(min_rerank_score=0.1), reranked=False) is None  # no reranker ran
