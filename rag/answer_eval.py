@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from rag.errors import ConfigError, GenerationError
-from rag.evaluation import (
-    CorpusDoc,
-    EvalQuery,
-    _question_id,
-    ingest_corpus,
-    ranked_doc_ids,
-    read_corpus,
-    read_queries,
-)
+from rag.evaluation import CorpusDoc, EvalQuery, _question_id, ingest_corpus, ranked_doc_ids, read_corpus, read_queries
 
 if TYPE_CHECKING:
     from rag.pipeline import Pipeline
@@ -163,7 +155,8 @@ def score_answer(
         cited=tuple(cited),
         top_citation=top_id,
         first_source=first_id,
-        in_language=answer.language == query.lang,
+        # numbers alone ("1901 [2]") are in no language, so in none other than the question's
+        in_language=answer.language == query.lang or (answer.language is None and not _has_letters(answer.text)),
         contains_gold=contains_gold(answer.text, query.answers, query.lang),
         top_gold=top_gold,
         top_gold_own=top_gold and top_doc.lang == query.lang,
@@ -176,6 +169,10 @@ def score_answer(
         completion_tokens=answer.usage.completion_tokens,
         llm_calls=answer.usage.calls,
     )
+
+
+def _has_letters(text: str) -> bool:
+    return any(ch.isalpha() for ch in re.sub(r"\[\d+\]", " ", text))
 
 
 def error_score(query: EvalQuery, message: str) -> AnswerScore:

@@ -248,7 +248,9 @@ _NUMBER_TOKEN = re.compile(r"\d+(?:[.,'’ ]\d+)*")
 def numbers_in(text: str) -> set[str]:
     """The numbers of ``text`` in ASCII digits without separators: "8,678" and "८६७८" are "8678"."""
     text = re.sub(r"\[\d{1,3}\]", " ", text)
-    return {"".join(str(unicodedata.digit(ch)) for ch in m.group(0) if ch.isdigit()) for m in _NUMBER_TOKEN.finditer(text)}
+    return {
+        "".join(str(unicodedata.digit(ch)) for ch in m.group(0) if ch.isdigit()) for m in _NUMBER_TOKEN.finditer(text)
+    }
 
 
 def invents_numbers(answer: str, sources: Sequence[str], question: str) -> bool:
@@ -280,7 +282,9 @@ def _could_be_sentinel(held: str) -> bool:
 
 
 def _has_content(text: str) -> bool:
-    return any(ch.isalnum() for ch in _MARKER.sub(" ", text))
+    """A number, or at least 3 letters ("NO" alone answers nothing), besides the markers."""
+    rest = _MARKER.sub(" ", text)
+    return any(ch.isdigit() for ch in rest) or sum(ch.isalpha() for ch in rest) >= 3
 
 
 def strip_sentinel(text: str) -> str:
@@ -453,8 +457,10 @@ class AnswerStream:
             return
         text = strip_sentinel(text) if "NOT" in text else text
         sources = [source.text for source in plan.fitted.sources]
-        if config.check_numbers and not map_citations(text, len(sources)).cited and invents_numbers(
-            text, sources, plan.standalone_question or plan.question
+        if (
+            config.check_numbers
+            and not map_citations(text, len(sources)).cited
+            and invents_numbers(text, sources, plan.standalone_question or plan.question)
         ):
             log.info("answer cites no source and states numbers none of them holds; not found: %r", text)
             self._found = False
@@ -492,7 +498,7 @@ class AnswerStream:
         return self._verdict(held, target)
 
     def _verdict(self, text: str, target: str | None) -> str:
-        """"empty" for markers alone ("[1] [2]"); text without letters ("308 [1]") has no
+        """ "empty" for markers alone ("[1] [2]"); text without letters ("308 [1]") has no
         language and is never in the wrong one."""
         if not _has_content(text):
             return "empty"
@@ -540,7 +546,9 @@ class AnswerStream:
         translated = translated.strip()
         if not shown:
             if self._verdict(translated, target) != "ok":
-                log.info("the translation into %s came back in %s; keeping the answer", target, self._detect(translated))
+                log.info(
+                    "the translation into %s came back in %s; keeping the answer", target, self._detect(translated)
+                )
                 return None
             if reset:
                 yield AnswerEvent("reset", reset)

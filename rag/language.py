@@ -86,7 +86,16 @@ class LinguaIdentifier(_LazyIdentifier):
 
 
 # fastText labels some varieties with ISO 639-3 codes; fold them into their macrolanguage.
-_FASTTEXT_CODES = {"arz": "ar", "wuu": "zh", "yue": "zh", "gan": "zh", "azb": "az", "ckb": "ku", "pnb": "pa", "no": "nb"}
+_FASTTEXT_CODES = {
+    "arz": "ar",
+    "wuu": "zh",
+    "yue": "zh",
+    "gan": "zh",
+    "azb": "az",
+    "ckb": "ku",
+    "pnb": "pa",
+    "no": "nb",
+}
 _KANA = re.compile(r"[\u3041-\u30ff]")
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 
@@ -193,9 +202,9 @@ def dominant_language(
 ) -> str | None:
     """The language of ``text``'s grammar, robust to code-switching and short text.
 
-    The identifier's answer stands when it is confident, or names a language with a script of its
-    own, and that script holds at least 20 % of the letters (a Thai or Greek question quoting an
-    English name is Thai or Greek). Otherwise the script with the
+    The identifier's answer stands when it names a non-Latin language whose script holds at least
+    20 % of the letters (a Thai or Greek question quoting an English name is Thai or Greek), or a
+    Latin-script language it is confident of, in text where Latin letters are the most. Otherwise the script with the
     most letters decides: Thai, Korean, Greek, Hebrew, Bengali or Tamil letters name their
     language; Han with kana is Japanese, Han alone Chinese; for scripts shared by several
     languages (Latin, Cyrillic, Arabic, Devanagari) lingua settles it among the configured
@@ -216,9 +225,14 @@ def dominant_language(
     if candidates:
         code, p = candidates[0]
         share = script_share(code, counts)
-        # confident, or unsure but in a script of its own that is there: names in a non-Latin
-        # question are mostly Latin, not the other way round
-        if (p >= CONFIDENT and share >= 0.2) or (LANGUAGE_SCRIPT.get(code, "latin") != "latin" and share >= 0.2):
+        # A non-Latin answer stands when its script holds 20 % of the letters (names in a Thai
+        # question are Latin, not the other way round); a Latin-script one when it is confident
+        # and Latin letters are the most ("Energiprojekt AB发动机...?" is Chinese).
+        if LANGUAGE_SCRIPT.get(code, "latin") != "latin":
+            accepted = share >= 0.2
+        else:
+            accepted = p >= CONFIDENT and share * letters >= max(counts.values())
+        if accepted:
             return "zh" if code == "ja" and not counts.get("kana") else code
     if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
         return "ja"

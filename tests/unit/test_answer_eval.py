@@ -306,3 +306,10 @@ def test_cli_names_a_missing_corpus_file(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 1
     message = capsys.readouterr().err
     assert message.startswith("error: cannot read") and str(missing) in message.replace("\n", "")
+
+
+def test_numbers_alone_count_as_in_the_questions_language():
+    s = score_answer(query("th", answers=("1901",)), answer("1901", None, cites=["p1-th"]), DOCS)
+    assert s.in_language and s.contains_gold
+    s = score_answer(query("th", answers=("1901",)), answer("NO", None, cites=["p1-th"]), DOCS)
+    assert not s.in_language  # letters of no identifiable language are not the question's

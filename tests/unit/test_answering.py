@@ -169,7 +169,12 @@ def test_sentences_carry_the_markers_after_their_end():
 
 @pytest.mark.parametrize(
     ("text", "n"),
-    [("有給休暇は26日です[1]。申請は上司へ[2]。", 2), ("क्या है? यह है।", 2), ("هل هذا؟ نعم.", 2), ("Version 3.5 gilt.", 1)],
+    [
+        ("有給休暇は26日です[1]。申請は上司へ[2]。", 2),
+        ("क्या है? यह है।", 2),
+        ("هل هذا؟ نعم.", 2),
+        ("Version 3.5 gilt.", 1),
+    ],
 )
 def test_sentence_spans_in_other_scripts(text, n):
     assert len(sentence_spans(text)) == n
@@ -365,3 +370,9 @@ def test_score_thresholds_decide_before_the_llm():
     assert below_thresholds(hits, GenerationConfig(min_retrieval_score=0.3), reranked=False) is None
     assert "min_rerank_score" in below_thresholds(hits, GenerationConfig(min_rerank_score=0.1), reranked=True)
     assert below_thresholds(hits, GenerationConfig(min_rerank_score=0.1), reranked=False) is None  # no reranker ran
+
+
+def test_two_letters_are_no_answer():
+    with FakeLLM("NO", "NO") as fake:
+        answer = stream(fake.url, target="es").answer()
+    assert not answer.found and answer.text == not_found_message("es") and len(fake.requests) == 2

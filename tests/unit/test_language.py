@@ -69,7 +69,7 @@ def test_unknown_code_in_config_is_a_config_error():
 
 # -- the language of a question or an answer: dominant_language --------------------------------
 
-from rag.language import dominant_language, language_identifier  # noqa: E402
+from rag.language import dominant_language, language_identifier
 
 
 @pytest.mark.parametrize(
