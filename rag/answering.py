@@ -271,8 +271,12 @@ _NOT_FOUND = re.compile(r"^\W*not[\s_-]?found\b\W*", re.IGNORECASE)
 
 
 def says_not_found(text: str) -> bool:
-    """The model's sentinel for "the sources do not hold the answer" (possibly with stray markers)."""
-    rest = _NOT_FOUND.sub("", text.strip(), count=1) if _NOT_FOUND.match(text.strip()) else None
+    """The model's sentinel for "the sources do not hold the answer" (possibly with stray markers),
+    or the start of it alone ("NO", "NOT": small models stop early)."""
+    stripped = text.strip()
+    if len(stripped) <= 12 and not re.search(r"\[\d+\]", stripped) and _could_be_sentinel(stripped):
+        return len(re.sub(r"[\W_]+", "", stripped)) >= 2
+    rest = _NOT_FOUND.sub("", stripped, count=1) if _NOT_FOUND.match(stripped) else None
     return rest is not None and not re.search(r"\[\d+\]", rest) and len(rest) < 40
 
 

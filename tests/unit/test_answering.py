@@ -111,7 +111,7 @@ def test_answer_without_letters_is_not_a_wrong_language():
 # -- "not found" ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply", ["NOT_FOUND", "NOT_FOUND.", " not found", "NOT_FOUND [3]"])
+@pytest.mark.parametrize("reply", ["NOT_FOUND", "NOT_FOUND.", " not found", "NOT_FOUND [3]", "NOT", "No."])
 def test_model_says_not_found_in_the_users_language(reply):
     with FakeLLM(reply) as fake:
         s = stream(fake.url, target="th")
@@ -373,6 +373,6 @@ def test_score_thresholds_decide_before_the_llm():
 
 
 def test_two_letters_are_no_answer():
-    with FakeLLM("NO", "NO") as fake:
+    with FakeLLM("Ja", "Ja") as fake:  # not an answer: asked again, then not found
         answer = stream(fake.url, target="es").answer()
     assert not answer.found and answer.text == not_found_message("es") and len(fake.requests) == 2
