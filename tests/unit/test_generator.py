@@ -67,17 +67,17 @@ def test_chat_helper_returns_text_and_usage():
 
 def test_token_counters(monkeypatch):
     from rag.answering import estimate_tokens, token_counter
-    from rag.config import Settings
+    from rag.config import load_settings  # not Settings(), which refuses other tools' env vars (BABELRAG_LLM_GGUF)
 
     with FakeLLM("x") as fake:
-        settings = Settings(llm={"base_url": fake.url, "model": "m"}, generation={"tokenizer": "server"})
+        settings = load_settings(llm={"base_url": fake.url, "model": "m"}, generation={"tokenizer": "server"})
         count, kind = token_counter(settings)
         assert kind == "server" and count("drei kleine Wörter") == 3
         # auto: no local model folder for "m" -> the server's /tokenize
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        count, kind = token_counter(Settings(llm={"base_url": fake.url, "model": "/nonexistent/m"}))
+        count, kind = token_counter(load_settings(llm={"base_url": fake.url, "model": "/nonexistent/m"}))
         assert kind == "server"
-    down = Settings(llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "/nonexistent/m"})
+    down = load_settings(llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "/nonexistent/m"})
     count, kind = token_counter(down)
     assert kind == "estimate" and count("日本語") == estimate_tokens("日本語") == 3
     with pytest.raises(ConfigError, match="generation.tokenizer is 'local'"):
