@@ -51,6 +51,11 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         spans.append((start, m.start() if m.group().strip() == "" else m.end()))
         start = m.end()
     spans.append((start, len(text)))
+    return trim_spans(text, spans)
+
+
+def trim_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` of ``text`` without leading and trailing whitespace; empty ones dropped."""
     out = []
     for s, e in spans:
         while s < e and text[s].isspace():
@@ -119,9 +124,7 @@ class SentenceChunker:
             while i < n:
                 j = min(i + budget, n)
                 if j < n:  # cut before a word, not inside one, if one starts in the last quarter
-                    j = next(
-                        (k for k in range(j, i + budget * 3 // 4, -1) if sentence[offsets[k][0] - 1].isspace()), j
-                    )
+                    j = next((k for k in range(j, i + budget * 3 // 4, -1) if sentence[offsets[k][0] - 1].isspace()), j)
                 pieces.append((s + offsets[i][0], s + (offsets[j][0] if j < n else e - s), j - i))
                 i = j
         return pieces

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ingestion.chunker import trim_spans
 from rag.config import GenerationConfig, Settings
 from rag.errors import ConfigError, GenerationError, ModelNotFoundError
 from rag.generator import (
@@ -186,15 +187,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         spans.append((start, m.end()))
         start = m.end()
     spans.append((start, len(text)))
-    out = []
-    for s, e in spans:
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if e > s:
-            out.append((s, e))
-    return out
+    return trim_spans(text, spans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,9 +395,7 @@ class AnswerStream:
         plan, config = self.plan, self._config
         t0 = time.perf_counter()
         if plan.fitted is None or not plan.fitted.sources:
-            self._found = False
-            self._text = self._not_found_text()
-            yield AnswerEvent("delta", self._text)
+            yield from self._not_found(reset=None)
             return
         target = plan.target_language
         wrong: str | None = None
@@ -453,11 +444,7 @@ class AnswerStream:
             self._text = text
             return
         if says_not_found(text) or not _has_content(text):
-            self._found = False
-            self._text = self._not_found_text()
-            if shown:
-                yield AnswerEvent("reset", "the model found no answer in the sources")
-            yield AnswerEvent("delta", self._text)
+            yield from self._not_found(reset="the model found no answer in the sources" if shown else None)
             return
         text = strip_sentinel(text) if "NOT" in text else text
         sources = [source.text for source in plan.fitted.sources]
@@ -467,11 +454,9 @@ class AnswerStream:
             and invents_numbers(text, sources, plan.standalone_question or plan.question)
         ):
             log.info("answer cites no source and states numbers none of them holds; not found: %r", text)
-            self._found = False
-            self._text = self._not_found_text()
-            if shown:
-                yield AnswerEvent("reset", "the answer states numbers that are in none of the sources")
-            yield AnswerEvent("delta", self._text)
+            yield from self._not_found(
+                reset="the answer states numbers that are in none of the sources" if shown else None
+            )
             return
         language = self._detect(text)
         if (
@@ -567,6 +552,14 @@ class AnswerStream:
                 next(gen)
             except StopIteration as done:
                 return done.value
+
+    def _not_found(self, *, reset: str | None) -> Iterator[AnswerEvent]:
+        """Answer "not found" in the target language, after a ``reset`` when text was shown."""
+        self._found = False
+        self._text = self._not_found_text()
+        if reset:
+            yield AnswerEvent("reset", reset)
+        yield AnswerEvent("delta", self._text)
 
     def _not_found_text(self) -> str:
         target = self.plan.target_language

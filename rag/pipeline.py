@@ -297,9 +297,14 @@ class Pipeline:
         if target is not None and not re.fullmatch(r"[a-z]{2,3}", target):
             raise QueryError(f"answer language must be an ISO 639-1 code such as 'de' or 'zh', got {target!r}")
         retrieved_for = standalone or question
+        retrieved_language = (
+            question_language
+            if standalone is None
+            else dominant_language(self.language, standalone, fallback=question_language)
+        )
         hits = self._retrieve_many(
             [retrieved_for], collection=collection, top_k=top_k, where=where, reranker=reranker,
-            languages=[dominant_language(self.language, retrieved_for, fallback=question_language)], timings=timings,
+            languages=[retrieved_language], timings=timings,
         )[0]  # fmt: skip
         t0 = time.perf_counter()
         reranked = (reranker or self.settings.reranker.kind) != "none"
