@@ -9,7 +9,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,17 +28,17 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", envvar="BABELRAG_CONFIG", help="YAML settings file (configs/*.yaml).")
+    Path | None, typer.Option("--config", envvar="BABELRAG_CONFIG", help="YAML settings file (configs/*.yaml).")
 ]
-CollectionOpt = Annotated[Optional[str], typer.Option("--collection", "-c", help="Knowledge base (collection) name.")]
+CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Knowledge base (collection) name.")]
 ChromaUrlOpt = Annotated[
-    Optional[str], typer.Option("--chroma-url", help="Chroma server URL; default is the embedded store.")
+    str | None, typer.Option("--chroma-url", help="Chroma server URL; default is the embedded store.")
 ]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", help="How many chunks to return / cite.")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", "-k", help="How many chunks to return / cite.")]
 RerankerOpt = Annotated[
-    Optional[str], typer.Option("--reranker", help="none | cross-encoder | llm-listwise (default from config).")
+    str | None, typer.Option("--reranker", help="none | cross-encoder | llm-listwise (default from config).")
 ]
-LangFilterOpt = Annotated[Optional[str], typer.Option("--lang", help="Only chunks in this language (ISO 639-1).")]
+LangFilterOpt = Annotated[str | None, typer.Option("--lang", help="Only chunks in this language (ISO 639-1).")]
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -63,7 +63,7 @@ def ingest(
         typer.Option("--reindex", help="Rebuild the collection from these paths (after an embedding/chunking change)."),
     ] = False,
     report_path: Annotated[
-        Optional[Path], typer.Option("--report", help="JSON report path (default: ingestion.report_dir).")
+        Path | None, typer.Option("--report", help="JSON report path (default: ingestion.report_dir).")
     ] = None,
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
@@ -191,7 +191,7 @@ def search(
 
 
 AnswerLanguageOpt = Annotated[
-    Optional[str], typer.Option("--answer-language", help="Force the answer language (ISO 639-1).")
+    str | None, typer.Option("--answer-language", help="Force the answer language (ISO 639-1).")
 ]
 
 
@@ -296,18 +296,16 @@ def eval_retrieval(
     task: Annotated[
         str, typer.Option("--task", help="matrix (12×12 language filters), polyglot (mixed corpus) or both.")
     ] = "both",
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write the run file (JSONL, top 20) here.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the run file (JSONL, top 20) here.")] = None,
     heatmap_path: Annotated[
-        Optional[Path], typer.Option("--heatmap", help="PNG of the matrix; default: next to --out.")
+        Path | None, typer.Option("--heatmap", help="PNG of the matrix; default: next to --out.")
     ] = None,
-    languages: Annotated[
-        Optional[str], typer.Option("--languages", help="Comma-separated subset, e.g. de,en,zh.")
-    ] = None,
+    languages: Annotated[str | None, typer.Option("--languages", help="Comma-separated subset, e.g. de,en,zh.")] = None,
     sample: Annotated[
-        Optional[int], typer.Option("--sample", help="Keep N questions (each in all its languages), spread evenly.")
+        int | None, typer.Option("--sample", help="Keep N questions (each in all its languages), spread evenly.")
     ] = None,
     mode: Annotated[
-        Optional[str], typer.Option("--mode", help="First stage: dense or hybrid (default from config).")
+        str | None, typer.Option("--mode", help="First stage: dense or hybrid (default from config).")
     ] = None,
     reranker: RerankerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
@@ -354,9 +352,9 @@ def eval_answers(
         int, typer.Option("--sample", help="Questions per language (each in all its languages), spread evenly.")
     ] = 25,
     languages: Annotated[
-        Optional[str], typer.Option("--languages", help="Question languages, e.g. de,en,zh (corpus: all).")
+        str | None, typer.Option("--languages", help="Question languages, e.g. de,en,zh (corpus: all).")
     ] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write one JSON line per question here.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write one JSON line per question here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     top_k: TopKOpt = None,
     reranker: RerankerOpt = None,
@@ -387,12 +385,40 @@ def eval_answers(
         out.print(format_answer_report(report), markup=False)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default server.port).")] = None,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the web UI (/) and the REST API (/api) on one app; Ctrl-C stops it."""
+    import threading
+
+    import uvicorn
+
+    from ui.server import create_app
+
+    settings = _settings(config, server={"host": host, "port": port}, store={"url": chroma_url})
+    pipeline = _pipeline(settings)
+    app_ = create_app(pipeline=pipeline)
+    # Load the embedding model now, in the background, so the first question does not wait for it.
+    threading.Thread(target=lambda: pipeline.embedder.embed_queries(["warm-up"]), daemon=True).start()
+    s = settings.server
+    shown = "localhost" if s.host in ("0.0.0.0", "127.0.0.1", "::") else s.host
+    private = " (login: server.token)" if s.token is not None else ""
+    if s.token is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"warning: serving on {s.host} without a token; set BABELRAG_SERVER_TOKEN to make it private")
+    out.print(f"BabelRAG web UI: http://{shown}:{s.port}/{private}  REST API: http://{shown}:{s.port}/api/docs")
+    uvicorn.run(app_, host=s.host, port=s.port, log_level="warning")
+
+
 @llm_app.command("serve")
 def llm_serve(
-    port: Annotated[Optional[int], typer.Option(help="Port to serve on.")] = None,
-    python: Annotated[Optional[str], typer.Option(help="Python interpreter that has vLLM.")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="auto | cpu | gpu (flags from config).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model id or folder (default llm.model).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
+    python: Annotated[str | None, typer.Option(help="Python interpreter that has vLLM.")] = None,
+    profile: Annotated[str | None, typer.Option(help="auto | cpu | gpu (flags from config).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model id or folder (default llm.model).")] = None,
     detach: Annotated[bool, typer.Option(help="Return once ready; stop with `babelrag llm stop`.")] = False,
     print_command: Annotated[
         bool, typer.Option("--print-command", help="Print the command and environment it would run, and exit.")
@@ -424,7 +450,7 @@ def llm_serve(
 @llm_app.command("status")
 def llm_status(
     base_url: Annotated[
-        Optional[str], typer.Option("--base-url", help="The server's OpenAI base URL (default llm.base_url).")
+        str | None, typer.Option("--base-url", help="The server's OpenAI base URL (default llm.base_url).")
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -452,7 +478,7 @@ def llm_status(
 
 @llm_app.command("stop")
 def llm_stop(
-    port: Annotated[Optional[int], typer.Option(help="Port of the server to stop.")] = None, config: ConfigOpt = None
+    port: Annotated[int | None, typer.Option(help="Port of the server to stop.")] = None, config: ConfigOpt = None
 ) -> None:
     """Stop a server started with `babelrag llm serve --detach`."""
     from rag import llm_server

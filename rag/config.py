@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -97,7 +97,7 @@ class LanguageConfig(_Section):
     # ISO 639-1 codes to answer with (the most likely of them wins); None allows every language
     # the detector knows. For lingua, all 75 cost 18 s and 1.1 GB to load and sent hi to mr.
     languages: list[str] | None = (
-        "en de fr es it pt nl sv da nb fi pl cs hu ro el tr ru uk ar fa he hi bn ur ta zh ja ko th vi id".split()
+        ["en", "de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "fi", "pl", "cs", "hu", "ro", "el", "tr", "ru", "uk", "ar", "fa", "he", "hi", "bn", "ur", "ta", "zh", "ja", "ko", "th", "vi", "id"]
     )
     low_accuracy: bool = False  # lingua only: faster and leaner, but wrong on very short text
 
@@ -215,6 +215,22 @@ class ChatConfig(_Section):
     rewrite: bool = True  # rewrite a follow-up into a standalone question before retrieval
 
 
+class ServerConfig(_Section):
+    """`babelrag serve`: the web UI and the REST API, one FastAPI app."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to be reachable from other machines (set a token then)
+    port: int = Field(7860, ge=1, le=65535)
+    # When set, the web UI asks for it at login (as the password, any user name) and the REST API
+    # wants "Authorization: Bearer <token>". Keep it out of files: BABELRAG_SERVER_TOKEN=...
+    token: SecretStr | None = None
+    # Files uploaded in the web UI are kept here, one folder per collection, and ingested from
+    # there: uploading a changed file again replaces it, an unchanged one is skipped.
+    upload_dir: Path = Path(".babelrag/uploads")
+    max_upload_mb: int = Field(200, ge=1)  # per file
+    # Requests the app works on at once per event (chat, upload); more wait in Gradio's queue.
+    concurrency: int = Field(2, ge=1)
+
+
 # vLLM engine settings, each a flag of `vllm serve` (--dtype, --max-model-len, ...); None leaves
 # vLLM's own default. A profile may set them; the same field at the top of the vllm section wins.
 VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -289,6 +305,7 @@ class Settings(BaseSettings):
     generation: GenerationConfig = GenerationConfig()
     chat: ChatConfig = ChatConfig()
     vllm: VLLMConfig = VLLMConfig()
+    server: ServerConfig = ServerConfig()
 
 
 def validate_collection_name(name: str) -> str:

@@ -43,6 +43,19 @@ LANGUAGES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Written right to left (ISO 639-1/-3 codes).
+RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur", "ps", "yi", "dv", "ug", "ckb", "sd"})
+
+
+def text_direction(code: str | None) -> str:
+    """"rtl" for a language written right to left, else "ltr" (HTML's dir attribute)."""
+    return "rtl" if code in RTL_LANGUAGES else "ltr"
+
+
+def native_name(code: str) -> str:
+    return LANGUAGES.get(code, (code, code, "", ""))[1]
+
+
 def english_name(code: str) -> str:
     return LANGUAGES.get(code, (code, code, "", ""))[0]
 

@@ -26,6 +26,7 @@ from rag.chat import ChatMessage, bound_history, rewrite_follow_up
 from rag.config import RerankerConfig, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.errors import ConfigError, QueryError
+from rag.evidence import Evidence, locate_evidence
 from rag.generator import Generator, LLMClient, OpenAIGenerator, build_messages
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
@@ -286,6 +287,11 @@ class Pipeline:
     def chat(self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, **options: Any) -> Answer:
         """Like ``chat_stream``, but waits for the whole answer."""
         return self.chat_stream(history, message, **options).answer()
+
+    def evidence(self, answer: Answer) -> dict[int, Evidence]:
+        """For each cited source of ``answer``, the sentences of its passage that support the answer
+        sentences citing it (spans of ``Citation.chunk.text``), found across languages by the embedder."""
+        return locate_evidence(answer, self.embedder)
 
     def _answer_stream(
         self, question: str, standalone: str | None, question_language: str | None, *, started: float,

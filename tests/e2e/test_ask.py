@@ -11,35 +11,14 @@ import yaml
 from rag import Pipeline, load_settings
 from rag.language import dominant_language
 from rag.languages import not_found_message
-from tests.conftest import EXAMPLES, ROOT, free_port, need_env
+from tests.conftest import EXAMPLES, ROOT
+from tests.e2e.conftest import CONFIG
 from tests.integration.test_cli import run
 
 pytestmark = [pytest.mark.model, pytest.mark.e2e]
 
 QUESTIONS = {q["lang"]: q for q in yaml.safe_load((EXAMPLES / "questions.yaml").read_text(encoding="utf-8"))}
-CONFIG = str(ROOT / "configs" / "cpu-small.yaml")
 XQUAD = ROOT.parent / "shared" / "data" / "xquad"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    need_env("BABELRAG_EMBEDDING_MODEL", "BABELRAG_LLM_MODEL", "BABELRAG_VLLM_PYTHON")
-    port = free_port()
-    env = {
-        "BABELRAG_VLLM_RUN_DIR": str(tmp_path_factory.mktemp("vllm-run")),
-        "BABELRAG_STORE_PATH": str(tmp_path_factory.mktemp("chroma")),
-        "BABELRAG_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
-    }
-    started = run("llm", "serve", "--detach", "--port", str(port), "--config", CONFIG, env=env, timeout=960)
-    assert started.returncode == 0, started.stderr
-    assert f"BABELRAG_LLM_BASE_URL=http://127.0.0.1:{port}/v1" in started.stdout
-    try:
-        ingested = run("ingest", str(EXAMPLES / "handbook"), "-c", "handbook", "--config", CONFIG, env=env)
-        assert ingested.returncode == 0, ingested.stderr
-        yield env
-    finally:
-        stopped = run("llm", "stop", "--port", str(port), "--config", CONFIG, env=env)
-        assert f"stopped vLLM on port {port}" in stopped.stdout
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +26,6 @@ def pipeline(served, monkeypatch_module):
     for name, value in served.items():
         monkeypatch_module.setenv(name, value)
     return Pipeline(load_settings(CONFIG))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 # Question language -> the file (in another language) that alone holds the answer. Pairs the

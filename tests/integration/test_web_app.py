@@ -1,0 +1,152 @@
+"""The app of `babelrag serve` (REST API + Gradio UI on one FastAPI app) over the real embedding
+model and an embedded Chroma holding the handbook. The LLM here is a scripted OpenAI-compatible
+server, so what the browser must show (a marker's source, the supporting sentence, right-to-left
+Arabic) and the error paths (a server that answers 500) are exact; tests/e2e runs the same UI
+against real vLLM."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rag import Pipeline, load_settings
+from tests.conftest import EXAMPLES, ROOT, free_port, need_env
+from tests.helpers import FakeLLM
+from tests.helpers_web import AppServer, browser, screenshot  # noqa: F401 -- browser is a fixture
+from ui.server import create_app
+from ui.web import Session, WebUI
+
+pytestmark = [pytest.mark.model, pytest.mark.integration]
+
+GERMAN = "Wie viele Zeichen muss ein Passwort mindestens haben?"
+GERMAN_ANSWER = "Ein Passwort muss mindestens 14 Zeichen lang sein [1]."
+ARABIC = "كم عدد الأحرف المطلوبة في كلمة المرور على الأقل؟"
+ARABIC_ANSWER = "يجب أن تتكون كلمة المرور من 14 حرفًا على الأقل، لأن كلمات المرور القصيرة يمكن كسرها بسرعة [1]."
+
+
+@pytest.fixture(scope="module")
+def handbook(tmp_path_factory):
+    need_env("BABELRAG_EMBEDDING_MODEL")
+    settings = load_settings(
+        ROOT / "configs" / "cpu-small.yaml",
+        store={"path": str(tmp_path_factory.mktemp("chroma")), "collection": "handbook"},
+        server={"upload_dir": str(tmp_path_factory.mktemp("uploads"))},
+        llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0},  # nothing listens there
+        generation={"tokenizer": "estimate"},
+    )
+    pipeline = Pipeline(settings)
+    report = pipeline.ingest([EXAMPLES / "handbook"], "handbook")
+    assert len(report.added) == 8
+    return pipeline
+
+
+def with_llm(pipeline: Pipeline, url: str, **server) -> Pipeline:
+    settings = pipeline.settings.model_copy(deep=True)
+    settings.llm.base_url = url
+    settings.server = type(settings.server).model_validate({**settings.server.model_dump(), **server})
+    return Pipeline(settings, embedder=pipeline.embedder, store=pipeline.store, language=pipeline.language)
+
+
+def test_rest_api_answers_and_says_what_went_wrong(handbook):
+    with FakeLLM(GERMAN_ANSWER) as llm:
+        client = TestClient(create_app(pipeline=with_llm(handbook, llm.url)))
+        assert client.get("/api/health").json()["status"] == "ok"
+        collections = {c["name"]: c for c in client.get("/api/collections").json()}
+        assert collections["handbook"]["documents"] == 8
+        documents = client.get("/api/collections/handbook/documents").json()
+        assert {d["file_name"]: d["language"] for d in documents}["ja_security_policy.md"] == "ja"
+        missing = client.get("/api/collections/nope/documents")
+        assert missing.status_code == 404 and "collection 'nope' does not exist" in missing.json()["error"]
+        hits = client.post("/api/retrieve", json={"query": GERMAN, "collection": "handbook", "top_k": 2}).json()["hits"]
+        assert hits[0]["file_name"] == "ja_security_policy.md" and len(hits) == 2
+        answer = client.post("/api/ask", json={"question": GERMAN, "collection": "handbook"}).json()
+        assert answer["text"] == GERMAN_ANSWER and answer["question_language"] == "de" and answer["found"]
+        assert answer["citations"][0]["file_name"] == "ja_security_policy.md" and answer["citations"][0]["cited"]
+        empty = client.post("/api/ask", json={"question": "  ", "collection": "handbook"})
+        assert empty.status_code == 400 and "question" in empty.json()["error"]
+        assert client.post("/api/ask", json={"q": GERMAN}).status_code == 422  # the schema names the field
+    down = TestClient(create_app(pipeline=handbook))  # llm.base_url: nothing listens
+    failed = down.post("/api/ask", json={"question": GERMAN, "collection": "handbook"})
+    assert failed.status_code == 503 and handbook.settings.llm.base_url.split("/v1")[0] in failed.json()["error"]
+
+
+def test_token_guards_rest_api_and_ui(handbook):
+    client = TestClient(create_app(pipeline=with_llm(handbook, handbook.settings.llm.base_url, token="s3cret")))
+    denied = client.get("/api/collections")
+    assert denied.status_code == 401 and "Bearer" in denied.json()["detail"]
+    assert client.get("/api/collections", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/collections", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 401  # the UI's config is behind the login too
+    assert client.post("/login", data={"username": "any", "password": "wrong"}).status_code == 400
+    assert client.post("/login", data={"username": "any", "password": "s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 200  # the login cookie opens the UI
+
+
+def test_chat_handler_shows_a_down_llm_as_a_message_and_keeps_the_question(handbook):
+    with FakeLLM({"status": 500, "message": "model crashed"}) as llm:
+        ui = WebUI(with_llm(handbook, llm.url, token=None))
+        outputs = list(ui.respond(GERMAN, [], Session(), "handbook", "none", 3, "auto"))
+    chatbot, box, _status, _sources, error, session = outputs[-1]
+    assert "answered HTTP 500" in error and llm.url.split("/v1")[0] in error and "Traceback" not in error
+    assert box == GERMAN and chatbot == [] and session.turns == []
+
+
+def test_upload_handler_reports_each_file(handbook, tmp_path):
+    ui = WebUI(handbook)
+    (tmp_path / "ok.txt").write_text("Die Kantine öffnet um 11:30 Uhr und schließt um 14:00 Uhr.", encoding="utf-8")
+    (tmp_path / "virus.exe").write_bytes(b"MZ\x90\x00")
+    report, *_ = ui.upload([str(tmp_path / "ok.txt"), str(tmp_path / "virus.exe")], "uploads-test")
+    report = html.unescape(report)
+    assert "1 added" in report and "1 failed" in report
+    assert "virus.exe: failed: " in report and "unsupported extension '.exe'" in report
+    assert str(ui.upload_dir) not in report  # the reason names the file, not the server's folder
+    assert [e.language for e in handbook.documents("uploads-test")] == ["de"]
+    again, *_ = ui.upload([str(tmp_path / "ok.txt")], "uploads-test")
+    assert "1 unchanged" in again and "0 added" in again
+    bad, *_ = ui.upload([str(tmp_path / "ok.txt")], "no spaces allowed")
+    bad = html.unescape(bad)
+    assert "collection name 'no spaces allowed' is not valid" in bad
+    message, *_ = ui.delete(handbook.documents("uploads-test")[0].source, "uploads-test")
+    assert "Deleted ok.txt (1 chunks)" in message and not list((ui.upload_dir / "uploads-test").iterdir())
+
+
+@pytest.mark.browser
+def test_browser_marker_shows_its_source_with_the_supporting_sentence_and_arabic_is_rtl(handbook, browser):  # noqa: F811
+    with (
+        FakeLLM(GERMAN_ANSWER, ARABIC_ANSWER) as llm,
+        AppServer(create_app(pipeline=with_llm(handbook, llm.url))) as app,
+    ):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app.url + "/")
+        page.wait_for_function("() => window.babelCitations === true")  # the UI's script ran
+        page.fill("#babel-question textarea", GERMAN)
+        page.press("#babel-question textarea", "Enter")
+        final = page.locator("#babel-chat .babel-answer.babel-done")
+        final.wait_for()
+        link = final.locator("a.babel-cite")
+        assert link.inner_text() == "[1]"
+        page.locator("#babel-src-0-1").evaluate("(el) => el.parentElement.scrollTop = 10000")
+        link.click()
+        card = page.locator("#babel-src-0-1")
+        assert "babel-active" in card.get_attribute("class") and card.is_visible()
+        assert card.locator(".babel-file").inner_text() == "ja_security_policy.md"
+        assert "cited" in card.locator(".babel-badge").inner_text()
+        # the Japanese sentence that supports the German claim is highlighted
+        assert card.locator("mark.babel-evidence").inner_text() == "パスワードは14文字以上で設定してください。"
+        screenshot(page, "ui-citation.png")
+
+        page.click("#babel-new")
+        page.fill("#babel-question textarea", ARABIC)
+        page.click("#babel-send")
+        final.wait_for()
+        assert final.get_attribute("dir") == "rtl" and final.get_attribute("lang") == "ar"
+        assert final.evaluate("(el) => getComputedStyle(el).direction") == "rtl"
+        user = page.locator("#babel-chat .babel-user").last
+        assert user.evaluate("(el) => getComputedStyle(el).direction") == "rtl"  # dir=auto: Arabic letters first
+        status = page.locator("#babel-status").inner_text()
+        assert "Question language: العربية (ar)" in status and "cites [1]" in status
+        screenshot(page, "ui-rtl.png")
+        page.close()

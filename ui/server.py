@@ -1,0 +1,67 @@
+"""One FastAPI app: the REST API under /api and the Gradio web UI at /, served by `babelrag serve`."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+from fastapi import FastAPI, HTTPException, Request
+
+import rag
+from rag import Pipeline, Settings, load_settings
+from ui import rest
+from ui.web import CSS, JS, WebUI
+
+log = logging.getLogger(__name__)
+
+# System fonts only: the default theme's Google Fonts cannot load on an offline machine.
+THEME = gr.themes.Soft(
+    font=["system-ui", "Noto Sans", "Noto Sans CJK JP", "sans-serif"],
+    font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"],
+)
+
+
+def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = None) -> FastAPI:
+    """The app ``babelrag serve`` runs. Cheap: models load on the first request that needs them."""
+    pipeline = pipeline or Pipeline(settings or load_settings())
+    s = pipeline.settings.server
+    token = s.token.get_secret_value() if s.token is not None else None
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = rest.bearer_token(request)
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def login(_user: str, password: str) -> bool:
+        return token is not None and hmac.compare_digest(password.encode(), token.encode())
+
+    app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.include_router(rest.router(pipeline, authorize))
+    ui = WebUI(pipeline)
+    blocks = ui.blocks()
+    blocks.queue(default_concurrency_limit=s.concurrency)
+    return gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth=login if token is not None else None,
+        auth_message="This BabelRAG server is private: enter its token as the password (any user name).",
+        footer_links=[],
+        max_file_size=f"{s.max_upload_mb}mb",
+        ssr_mode=False,
+        show_error=False,
+        theme=THEME,
+        css=CSS,
+        js=JS,
+        allowed_paths=[],
+    )
