@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -42,6 +43,7 @@ class SentenceTransformerEmbedder:
         self.config = config or EmbeddingConfig()
         self._model = None
         self.dtype: str | None = None  # resolved in warm_up
+        self._loading = threading.Lock()  # a web server's first requests may arrive together
 
     @property
     def model_id(self) -> str:
@@ -65,6 +67,11 @@ class SentenceTransformerEmbedder:
     def warm_up(self) -> None:
         if self._model is not None:
             return
+        with self._loading:
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
         name = resolve_model(self.config.model, role="embedding", setting="BABELRAG_EMBEDDING_MODEL")
         import torch
         import transformers

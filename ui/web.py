@@ -279,7 +279,7 @@ class WebUI:
                     with gr.Row():
                         with gr.Column(scale=3):
                             chatbot = gr.Chatbot(
-                                elem_id="babel-chat", height=520, buttons=["copy"], feedback_options=None,
+                                elem_id="babel-chat", height=520, buttons=["copy"], feedback_options=None, show_label=False,
                                 placeholder="Ask a question in any language: the answer comes in yours, with "
                                 "numbered citations of the documents it used.",
                             )  # fmt: skip
@@ -337,8 +337,15 @@ class WebUI:
                 self.documents, collection, [documents, doomed, deleted]
             )
             collection.change(self.documents, collection, [documents, doomed, deleted])
-            ingest.click(self.upload, [files, collection], [report, collection, documents, doomed, files])
-            delete.click(self.delete, [doomed, collection], [deleted, documents, doomed, collection])
+            # One ingestion job or deletion at a time (chats go on meanwhile, server.concurrency at once).
+            ingest.click(
+                self.upload, [files, collection], [report, collection, documents, doomed, files],
+                concurrency_limit=1, concurrency_id="writes",
+            )  # fmt: skip
+            delete.click(
+                self.delete, [doomed, collection], [deleted, documents, doomed, collection],
+                concurrency_limit=1, concurrency_id="writes",
+            )  # fmt: skip
         return demo
 
 

@@ -7,6 +7,7 @@ against real vLLM."""
 from __future__ import annotations
 
 import html
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -93,6 +94,23 @@ def test_chat_handler_shows_a_down_llm_as_a_message_and_keeps_the_question(handb
     assert box == GERMAN and chatbot == [] and session.turns == []
 
 
+def test_two_chats_at_once_each_get_their_answer(handbook):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeLLM({"text": GERMAN_ANSWER, "delay_s": 0.05}) as llm:
+        ui = WebUI(with_llm(handbook, llm.url))
+
+        def chat(question: str):
+            return list(ui.respond(question, [], Session(), "handbook", "none", 3, "auto"))[-1]
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(chat, [GERMAN, STANDALONE]))
+    for (chatbot, _box, status, _sources, error, session), question in zip(results, [GERMAN, STANDALONE], strict=True):
+        assert error == "" and session.turns[0].question == question and session.turns[0].answer == GERMAN_ANSWER
+        assert "babel-done" in chatbot[-1]["content"] and "cites [1]" in status
+    assert len(llm.requests) == 2
+
+
 def test_upload_handler_reports_each_file(handbook, tmp_path):
     ui = WebUI(handbook)
     (tmp_path / "ok.txt").write_text("Die Kantine öffnet um 11:30 Uhr und schließt um 14:00 Uhr.", encoding="utf-8")
@@ -149,4 +167,80 @@ def test_browser_marker_shows_its_source_with_the_supporting_sentence_and_arabic
         status = page.locator("#babel-status").inner_text()
         assert "Question language: العربية (ar)" in status and "cites [1]" in status
         screenshot(page, "ui-rtl.png")
+        page.close()
+
+
+FOLLOW_UP = "Und warum ist das so?"
+STANDALONE = "Warum muss ein Passwort mindestens 14 Zeichen lang sein?"
+FOLLOW_UP_ANSWER = "Weil kurze Passwörter in wenigen Stunden geknackt werden können [1]."
+
+
+def open_page(browser, url: str):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url + "/")
+    page.wait_for_function("() => window.babelCitations === true")
+    return page
+
+
+@pytest.mark.browser
+def test_browser_follow_up_is_understood_and_old_markers_show_their_own_sources(handbook, browser):  # noqa: F811
+    replies = (GERMAN_ANSWER, STANDALONE, FOLLOW_UP_ANSWER)
+    with FakeLLM(*replies) as llm, AppServer(create_app(pipeline=with_llm(handbook, llm.url))) as app:
+        page = open_page(browser, app.url)
+        page.fill("#babel-question textarea", GERMAN)
+        page.click("#babel-send")
+        page.locator("#babel-chat .babel-answer.babel-done").wait_for()
+        page.fill("#babel-question textarea", FOLLOW_UP)
+        page.click("#babel-send")
+        page.locator("#babel-chat .babel-answer.babel-done").nth(1).wait_for()
+        assert f"understood as: {STANDALONE}" in page.locator("#babel-status").inner_text()
+        assert GERMAN in llm.prompts[1] and "mindestens 14 Zeichen lang sein" in llm.prompts[1]  # saw the conversation
+        assert STANDALONE in llm.prompts[2]  # ... and its question was answered
+        assert page.locator('section.babel-turn[data-turn="1"]').is_visible()
+        assert not page.locator('section.babel-turn[data-turn="0"]').is_visible()
+        page.locator('#babel-chat a.babel-cite[href="#babel-src-0-1"]').click()  # the first answer's [1]
+        assert page.locator('section.babel-turn[data-turn="0"]').is_visible()
+        assert not page.locator('section.babel-turn[data-turn="1"]').is_visible()
+        assert "babel-active" in page.locator("#babel-src-0-1").get_attribute("class")
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_settings_reach_the_pipeline(handbook, browser):  # noqa: F811
+    with (
+        FakeLLM("A password needs at least 14 characters [1].") as llm,
+        AppServer(create_app(pipeline=with_llm(handbook, llm.url))) as app,
+    ):
+        page = open_page(browser, app.url)
+        page.get_by_text("Settings").click()
+        page.locator("#babel-answer-language input").click()
+        page.get_by_role("option", name="English · English (en)").click()
+        slider = page.locator("#babel-top-k input[type=number]")
+        slider.fill("2")
+        slider.press("Enter")
+        page.fill("#babel-question textarea", GERMAN)
+        page.click("#babel-send")
+        final = page.locator("#babel-chat .babel-answer.babel-done")
+        final.wait_for()
+        assert "Answer in English" in llm.prompts[0] and final.get_attribute("lang") == "en"
+        assert page.locator("#babel-sources .babel-src").count() == 2  # top-k 2
+        status = page.locator("#babel-status").inner_text()
+        assert "Question language: Deutsch (de)" in status and "answer in English (en)" in status
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_stop_closes_the_llm_stream(handbook, browser):  # noqa: F811
+    slow = {"text": "Ein Passwort muss mindestens vierzehn Zeichen lang sein, " * 20, "delay_s": 0.2}
+    with FakeLLM(slow) as llm, AppServer(create_app(pipeline=with_llm(handbook, llm.url))) as app:
+        page = open_page(browser, app.url)
+        page.fill("#babel-question textarea", GERMAN)
+        page.click("#babel-send")
+        page.locator("#babel-chat .babel-answer").get_by_text("Passwort").wait_for()
+        page.click("#babel-stop")
+        deadline = time.monotonic() + 10
+        while llm.closed_early == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert llm.closed_early == 1  # the server stopped writing, not only the page
         page.close()
