@@ -7,7 +7,8 @@ The LLM is a scripted OpenAI-compatible server that streams the same answer at a
 path and the differences are BabelRAG's. The handbook is ingested into a throwaway store. For
 each path, the median over ``--runs`` questions (each different, so no cache helps):
 
-- in process: ``Pipeline.stream``: sources known, first piece, last piece;
+- in process: ``Pipeline.stream``: sources known, first piece, last piece; then
+  ``Pipeline.evidence`` (the highlighted sentences), which the UI adds;
 - REST: ``POST /api/ask`` over HTTP (whole answer, no streaming);
 - browser: Debian's Chromium clicks Send in the Gradio UI: sources shown, first text shown, the
   finished answer (links, highlighted evidence) shown.
@@ -75,7 +76,7 @@ def main() -> None:
         built = time.perf_counter() - t0
         after = rss_mb()
 
-        inproc = {"sources": [], "first": [], "done": []}
+        inproc = {"sources": [], "first": [], "done": [], "evidence": []}
         for q in questions[: args.runs]:
             t = time.perf_counter()
             stream = pipeline.stream(q, collection="handbook")
@@ -83,8 +84,11 @@ def main() -> None:
             for i, _ in enumerate(stream):
                 if i == 0:
                     inproc["first"].append(time.perf_counter() - t)
-            stream.answer()
+            answer = stream.answer()
             inproc["done"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            pipeline.evidence(answer)  # the UI does this once the answer is finished
+            inproc["evidence"].append(time.perf_counter() - t)
 
         with AppServer(app) as server:
             rest = []
@@ -102,12 +106,15 @@ def main() -> None:
     )
     print(f"{'path':<12} {'sources':>9} {'first text':>11} {'finished':>9}")
     print(f"{'in process':<12} {med['sources']:>8.2f}s {med['first']:>10.2f}s {med['done']:>8.2f}s")
+    print(
+        f"{'+ evidence':<12} {'':>9} {'':>11} {med['done'] + med['evidence']:>8.2f}s  (Pipeline.evidence {med['evidence']:.2f}s)"
+    )
     print(f"{'REST /ask':<12} {'':>9} {'':>11} {statistics.median(rest):>8.2f}s")
     print(f"{'browser':<12} {bmed['sources']:>8.2f}s {bmed['first']:>10.2f}s {bmed['done']:>8.2f}s")
     print(
         f"browser / in process: sources {bmed['sources'] / med['sources']:.2f}x, first text "
         f"{bmed['first'] / med['first']:.2f}x, finished {bmed['done'] / med['done']:.2f}x "
-        f"(+{bmed['done'] - med['done']:.2f} s)"
+        f"(+{bmed['done'] - med['done']:.2f} s, of which evidence {med['evidence']:.2f} s)"
     )
     print(f"memory: {base:.0f} MB with the pipeline warm, {after:.0f} MB with the app built (+{after - base:.0f} MB); "
           f"building the app took {built:.1f} s")  # fmt: skip
@@ -122,6 +129,7 @@ def browser_runs(url: str, questions: list[str]) -> dict[str, list[float]]:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/")
         page.wait_for_function("() => window.babelCitations === true")
+        page.wait_for_function("() => document.querySelector('#babel-collection input')?.value.startsWith('handbook')")
         for q in questions:
             page.click("#babel-new")  # each question alone: no follow-up rewrite
             page.wait_for_function("() => !document.querySelector('#babel-chat .babel-answer')")

@@ -183,7 +183,8 @@ class WebUI:
     def refresh_collections(self, current: str | None) -> Any:
         choices = self.collection_choices()
         names = [name for _, name in choices]
-        value = current or (names[0] if names else self.settings.store.collection)
+        # the configured collection if it exists, else the first there is (a new name stays until used)
+        value = current if current in names or not names else names[0]
         return gr.update(choices=choices, value=value)
 
     def documents(self, collection: str | None) -> tuple[Any, Any, str]:

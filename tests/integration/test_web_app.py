@@ -111,6 +111,13 @@ def test_two_chats_at_once_each_get_their_answer(handbook):
     assert len(llm.requests) == 2
 
 
+def test_collection_picker_falls_back_to_an_existing_collection(handbook):
+    ui = WebUI(handbook)
+    assert ui.refresh_collections("default")["value"] == "handbook"  # the configured one does not exist
+    assert ui.refresh_collections("handbook")["value"] == "handbook"
+    assert ("handbook (8 files)", "handbook") in ui.refresh_collections(None)["choices"]
+
+
 def test_upload_handler_reports_each_file(handbook, tmp_path):
     ui = WebUI(handbook)
     (tmp_path / "ok.txt").write_text("Die Kantine öffnet um 11:30 Uhr und schließt um 14:00 Uhr.", encoding="utf-8")
