@@ -401,6 +401,7 @@ def serve(
 
     settings = _settings(config, server={"host": host, "port": port}, store={"url": chroma_url})
     pipeline = _pipeline(settings)
+    pipeline.store.warm_up()  # a store that cannot be opened fails here, not at the first request
     app_ = create_app(pipeline=pipeline)
     # Load the embedding model now, in the background, so the first question does not wait for it.
     threading.Thread(target=lambda: pipeline.embedder.embed_queries(["warm-up"]), daemon=True).start()

@@ -9,6 +9,7 @@ whole shown passage.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from rag.types import Answer, Citation
 
 NUMBER_BONUS = 0.05  # e5 cosine similarities of related sentences differ by a few hundredths
 MAX_SENTENCES = 40  # per source: a longer chunk's tail is not searched
+MIN_CLAIM_LETTERS = 12  # fewer, once markers are gone ("Source:", "Quelle:"), is no claim of its own
+_MARKERS = re.compile(r"\[\d{1,3}\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +43,19 @@ def shown_text(citation: Citation) -> str:
 def locate_evidence(answer: Answer, embedder: Embedder) -> dict[int, Evidence]:
     """Evidence for every cited source of ``answer``, keyed by citation number."""
     claims: dict[int, list[str]] = {}
+    previous = ""
     for sentence in answer.sentences:
-        for number in sentence.sources:
-            claims.setdefault(number, []).append(sentence.text)
+        claim = _MARKERS.sub(" ", sentence.text).strip()
+        if _letters(claim) < MIN_CLAIM_LETTERS:  # "Source: [1]" on a line of its own: the sentence before
+            claim = previous
+        if claim:
+            for number in sentence.sources:
+                claims.setdefault(number, []).append(claim)
+            previous = claim
     cited = [c for c in answer.citations if c.number in claims]
     if not cited:
         return {}
-    sentences = {c.number: source_sentence_spans(shown_text(c))[:MAX_SENTENCES] for c in cited}
+    sentences = {c.number: _candidates(shown_text(c)) for c in cited}
     texts = [shown_text(c)[s:e] for c in cited for s, e in sentences[c.number]]
     claim_texts = [t for c in cited for t in claims[c.number]]
     if not texts or not claim_texts:
@@ -72,6 +81,18 @@ def locate_evidence(answer: Answer, embedder: Embedder) -> dict[int, Evidence]:
         chosen = tuple(spans[i] for i in sorted(best)) or ((0, len(source)),)
         out[citation.number] = Evidence(citation.number, chosen, tuple(claims[citation.number]))
     return out
+
+
+def _candidates(text: str) -> list[tuple[int, int]]:
+    """Sentences of a source that can support a claim: not Markdown headings, not bare labels."""
+    spans = [
+        (s, e) for s, e in source_sentence_spans(text) if not text[s:e].startswith("#") and _letters(text[s:e]) >= 4
+    ]
+    return spans[:MAX_SENTENCES]
+
+
+def _letters(text: str) -> int:
+    return sum(ch.isalpha() for ch in text)
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:

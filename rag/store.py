@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -119,6 +120,7 @@ class ChromaStore:
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config or StoreConfig()
         self._client = None
+        self._opening = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -133,6 +135,11 @@ class ChromaStore:
     def warm_up(self) -> None:
         if self._client is not None:
             return
+        with self._opening:  # chromadb's client cache is not safe against two first opens at once
+            if self._client is None:
+                self._open()
+
+    def _open(self) -> None:
         import chromadb
 
         settings = chromadb.Settings(anonymized_telemetry=False)

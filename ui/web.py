@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: thi
 
 import gradio as gr
 
-from rag import BabelRAGError, JobProgress, Pipeline, QueryError
+from rag import BabelRAGError, CollectionNotFoundError, JobProgress, Pipeline, QueryError
 from rag.config import RerankerConfig, validate_collection_name
 from ui import render
 
@@ -193,15 +193,20 @@ class WebUI:
             return [], gr.update(choices=[], value=None), ""
         try:
             entries = self.pipeline.documents(collection)
+        except CollectionNotFoundError:
+            note = f"New knowledge base {render.esc(collection)!r}: drop files and press Ingest to create it."
+            return [], gr.update(choices=[], value=None), f'<div class="babel-report" role="status">{note}</div>'
         except BabelRAGError as error:
             return [], gr.update(choices=[], value=None), render.error_box(error)
         picks = [(Path(e.source).name, e.source) for e in entries]
         return render.documents_table(entries), gr.update(choices=picks, value=None), ""
 
-    def upload(self, files: list[str] | None, collection: str | None, progress: gr.Progress | None = None) -> tuple:
+    def upload(
+        self, files: list[str] | None, collection: str | None, progress: gr.Progress = gr.Progress()  # noqa: B008
+    ) -> tuple:
         """Copy the dropped files into the collection's upload folder and ingest them there:
-        (report, collections picker, documents table, delete picker)."""
-        progress = progress or (lambda *a, **k: None)
+        (report, collections picker, documents table, delete picker, cleared upload area).
+        ``progress`` (Gradio's progress bar) counts files done; outside an event it does nothing."""
         try:
             if not files:
                 raise QueryError("no files to ingest: drop files on the upload area first")
@@ -316,7 +321,7 @@ class WebUI:
                             elem_id="babel-upload", height=160,
                         )  # fmt: skip
                         ingest = gr.Button("Ingest into the knowledge base", variant="primary", elem_id="babel-ingest")
-                        report = gr.HTML("", elem_id="babel-report")
+                        report = gr.HTML("", elem_id="babel-report", min_height=90)
                     with gr.Column(scale=3):
                         documents = gr.Dataframe(
                             headers=render.DOCUMENT_COLUMNS, value=[], interactive=False, label="Documents",
@@ -341,7 +346,7 @@ class WebUI:
             # One ingestion job or deletion at a time (chats go on meanwhile, server.concurrency at once).
             ingest.click(
                 self.upload, [files, collection], [report, collection, documents, doomed, files],
-                concurrency_limit=1, concurrency_id="writes",
+                concurrency_limit=1, concurrency_id="writes", show_progress_on=[report],
             )  # fmt: skip
             delete.click(
                 self.delete, [doomed, collection], [deleted, documents, doomed, collection],
