@@ -73,6 +73,48 @@ def test_rest_api_answers_and_says_what_went_wrong(handbook):
     assert failed.status_code == 503 and handbook.settings.llm.base_url.split("/v1")[0] in failed.json()["error"]
 
 
+def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handbook, tmp_path):
+    import os
+    import subprocess
+
+    import httpx
+
+    from tests.integration.test_cli import BABELRAG
+
+    port = free_port()
+    env = {
+        **os.environ, "BABELRAG_SERVER_PORT": str(port), "BABELRAG_SERVER_TOKEN": "t0ken",
+        "BABELRAG_STORE_PATH": str(handbook.settings.store.path), "BABELRAG_SERVER_UPLOAD_DIR": str(tmp_path),
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        [BABELRAG, "serve", "--config", str(ROOT / "configs" / "cpu-small.yaml")], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/api/health", timeout=1).status_code == 401:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"babelrag serve did not listen on {url}")
+        headers = {"Authorization": "Bearer t0ken"}
+        assert httpx.get(f"{url}/api/health", headers=headers).json()["status"] == "ok"
+        assert [c["name"] for c in httpx.get(f"{url}/api/collections", headers=headers).json()] == ["handbook"]
+        assert httpx.get(f"{url}/").text.lower().startswith("<!doctype html>")  # the UI's page (or its login)
+        browser = httpx.Client(base_url=url)
+        assert browser.get("/config").status_code == 401
+        assert browser.post("/login", data={"username": "me", "password": "t0ken"}).status_code == 200
+        assert browser.get("/config").json()["title"] == "BabelRAG"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"BabelRAG web UI: http://localhost:{port}/ (login: server.token)" in out, out + err
+    assert "Traceback" not in err
+
+
 def test_token_guards_rest_api_and_ui(handbook):
     client = TestClient(create_app(pipeline=with_llm(handbook, handbook.settings.llm.base_url, token="s3cret")))
     denied = client.get("/api/collections")
