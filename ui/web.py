@@ -29,6 +29,7 @@ from ui import render
 log = logging.getLogger(__name__)
 
 RERANKERS = list(RerankerConfig.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+PREVIOUS_SUFFIX = ".previous-upload"  # next to a re-uploaded file until its ingest succeeded
 RERANKER_LABELS = {"none": "None (first stage only)", "cross-encoder": "Cross-encoder", "llm-listwise": "LLM listwise"}
 
 CSS = """
@@ -202,7 +203,10 @@ class WebUI:
         return render.documents_table(entries), gr.update(choices=picks, value=None), ""
 
     def upload(
-        self, files: list[str] | None, collection: str | None, progress: gr.Progress = gr.Progress()  # noqa: B008
+        self,
+        files: list[str] | None,
+        collection: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple:
         """Copy the dropped files into the collection's upload folder and ingest them there:
         (report, collections picker, documents table, delete picker, cleared upload area).
@@ -214,10 +218,14 @@ class WebUI:
             folder = self.upload_dir / name
             folder.mkdir(parents=True, exist_ok=True)
             uploaded: dict[str, str] = {}
+            previous: dict[str, Path] = {}  # a file uploaded before under the same name, kept aside
             for f in files:
                 original = Path(f).name
                 target = folder / safe_file_name(original)
                 _check_size(Path(f), self.settings.server.max_upload_mb)
+                if target.exists():
+                    previous[str(target.resolve())] = aside = target.with_name(target.name + PREVIOUS_SUFFIX)
+                    os.replace(target, aside)
                 shutil.copyfile(f, target)
                 uploaded[str(target.resolve())] = original
             progress((0, len(uploaded)), desc="Ingesting", unit="files")
@@ -226,10 +234,22 @@ class WebUI:
                 desc = f"Ingested {Path(p.current).name}" if p.current else "Ingesting"
                 progress((p.files_done, p.files_total), desc=desc, unit="files")
 
-            report = self.pipeline.ingest(list(uploaded), name, progress=tick)
-            for issue in report.failed:  # not in the knowledge base: do not keep the copy either
-                if issue.path in uploaded:
-                    Path(issue.path).unlink(missing_ok=True)
+            failed = set(uploaded)  # until the job says otherwise
+            try:
+                report = self.pipeline.ingest(list(uploaded), name, progress=tick)
+                failed = {i.path for i in report.failed}
+            finally:
+                # A file that failed is not in the knowledge base: its copy goes, and the version
+                # uploaded before (whose chunks the store still holds) comes back.
+                for path in uploaded:
+                    aside = previous.get(path)
+                    if path in failed:
+                        if aside is not None:
+                            os.replace(aside, path)
+                        else:
+                            Path(path).unlink(missing_ok=True)
+                    elif aside is not None:
+                        aside.unlink(missing_ok=True)
             html = render.ingest_report(report, uploaded)
         except Exception as error:
             if not isinstance(error, BabelRAGError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -175,7 +176,17 @@ def test_upload_handler_reports_each_file(handbook, tmp_path):
     bad, *_ = ui.upload([str(tmp_path / "ok.txt")], "no spaces allowed")
     bad = html.unescape(bad)
     assert "collection name 'no spaces allowed' is not valid" in bad
-    message, *_ = ui.delete(handbook.documents("uploads-test")[0].source, "uploads-test")
+    # A new version that fails leaves the previous one, in the store and in the upload folder.
+    source = handbook.documents("uploads-test")[0].source
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "ok.txt").write_bytes(b"")
+    failed, *_ = ui.upload([str(tmp_path / "empty" / "ok.txt")], "uploads-test")
+    assert "1 failed" in failed and "is empty" in failed
+    assert (
+        Path(source).read_text(encoding="utf-8").startswith("Die Kantine")
+        and len(handbook.documents("uploads-test")) == 1
+    )
+    message, *_ = ui.delete(source, "uploads-test")
     assert "Deleted ok.txt (1 chunks)" in message and not list((ui.upload_dir / "uploads-test").iterdir())
 
 
