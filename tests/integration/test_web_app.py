@@ -156,7 +156,9 @@ def test_two_chats_at_once_each_get_their_answer(handbook):
 
 def test_collection_picker_falls_back_to_an_existing_collection(handbook):
     ui = WebUI(handbook)
-    assert ui.refresh_collections("default")["value"] == "handbook"  # the configured one does not exist
+    existing = [c.name for c in handbook.collections()]
+    assert "default" not in existing  # the configured one does not exist: the first there is instead
+    assert ui.refresh_collections("default")["value"] == existing[0]
     assert ui.refresh_collections("handbook")["value"] == "handbook"
     assert ("handbook (8 files)", "handbook") in ui.refresh_collections(None)["choices"]
 
@@ -303,4 +305,37 @@ def test_browser_stop_closes_the_llm_stream(handbook, browser):  # noqa: F811
         while llm.closed_early == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert llm.closed_early == 1  # the server stopped writing, not only the page
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_files_dropped_on_the_upload_area_are_ingested(handbook, browser):  # noqa: F811
+    with AppServer(create_app(pipeline=handbook)) as app:
+        page = open_page(browser, app.url)
+        page.wait_for_function(
+            "() => document.querySelector('#babel-collection input')?.value.startsWith('handbook (')"
+        )
+        box = page.locator("#babel-collection input")
+        box.fill("dropped")
+        box.press("Enter")
+        page.get_by_role("tab", name="Knowledge bases").click()
+        page.locator("#babel-deleted").get_by_text("New knowledge base 'dropped'").wait_for()
+        # A real drag and drop: a DataTransfer holding a file, dropped on the upload area.
+        page.locator("#babel-upload").evaluate(
+            """(area) => {
+                const data = new DataTransfer();
+                data.items.add(new File(["Кантина открыта с 11:30 до 14:00, обед стоит 6 евро."], "ru_kantine.txt",
+                                        {type: "text/plain"}));
+                const target = area.querySelector("button, [data-testid=upload]") || area;
+                for (const type of ["dragenter", "dragover", "drop"]) {
+                    target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
+                }
+            }"""
+        )
+        page.locator("#babel-upload").get_by_text("ru_kantine").wait_for()
+        page.click("#babel-ingest")
+        page.locator("#babel-report").get_by_text("ru_kantine.txt: added").wait_for()
+        assert "1 added" in page.locator("#babel-report").inner_text()
+        assert "русский (ru)" in page.locator("#babel-documents").inner_text()
+        assert [e.language for e in handbook.documents("dropped")] == ["ru"]
         page.close()
