@@ -163,7 +163,8 @@ class WebUI:
                     chatbot.pop()
                 if chatbot and chatbot[-1]["role"] == "user":
                     chatbot.pop()
-            yield chatbot, message, "", gr.skip(), render.error_box(error), session
+            panel = render.sources_panel([x.sources for x in session.turns])  # without the failed turn's
+            yield chatbot, message, "", panel, render.error_box(error), session
         finally:
             if stream is not None and not turn.answer:
                 stream.cancel()

@@ -132,7 +132,9 @@ def test_chat_handler_shows_a_down_llm_as_a_message_and_keeps_the_question(handb
     with FakeLLM({"status": 500, "message": "model crashed"}) as llm:
         ui = WebUI(with_llm(handbook, llm.url, token=None))
         outputs = list(ui.respond(GERMAN, [], Session(), "handbook", "none", 3, "auto"))
-    chatbot, box, _status, _sources, error, session = outputs[-1]
+    chatbot, box, _status, sources, error, session = outputs[-1]
+    assert any("ja_security_policy.md" in str(o[3]) for o in outputs)  # the sources were shown, then
+    assert "ja_security_policy.md" not in sources  # ... went with the failed turn
     assert "answered HTTP 500" in error and llm.url.split("/v1")[0] in error and "Traceback" not in error
     assert box == GERMAN and chatbot == [] and session.turns == []
 
