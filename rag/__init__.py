@@ -19,6 +19,7 @@ from rag.errors import (
     QueryError,
     StoreError,
 )
+from rag.evidence import Evidence
 from rag.pipeline import Pipeline
 from rag.store import CollectionInfo, ManifestEntry
 from rag.types import Answer, Chunk, Citation, CitedSentence, Document, Hit, LoadedText, Usage
@@ -36,6 +37,7 @@ __all__ = [
     "CollectionNotFoundError",
     "ConfigError",
     "Document",
+    "Evidence",
     "FileIssue",
     "GenerationError",
     "Hit",

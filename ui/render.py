@@ -11,8 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rag import Answer, BabelRAGError, Citation, CollectionNotFoundError, Hit, IngestReport, ManifestEntry
-from rag.evidence import Evidence
+from rag import Answer, BabelRAGError, Citation, CollectionNotFoundError, Evidence, Hit, IngestReport, ManifestEntry
 from rag.languages import LANGUAGES, english_name, native_name, text_direction
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")

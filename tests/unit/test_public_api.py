@@ -5,7 +5,7 @@ def test_public_api_is_curated():
     assert set(rag.__all__) == {
         "Answer", "AnswerEvent", "AnswerStream", "BabelRAGError", "ChatMessage", "Chunk", "Citation",
         "CitedSentence", "CollectionInfo", "Usage",
-        "CollectionNotFoundError", "ConfigError", "Document", "FileIssue", "GenerationError", "Hit",
+        "CollectionNotFoundError", "ConfigError", "Document", "Evidence", "FileIssue", "GenerationError", "Hit",
         "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",
         "ManifestEntry", "ModelNotFoundError", "Pipeline", "QueryError", "Settings", "StoreError", "load_settings",
     }  # fmt: skip
