@@ -127,8 +127,11 @@ class RetrievalConfig(_Section):
     query_cache: int = Field(4096, ge=0)  # query embeddings kept in memory (LRU)
 
 
+RerankerKind = Literal["none", "cross-encoder", "llm-listwise"]
+
+
 class RerankerConfig(_Section):
-    kind: Literal["none", "cross-encoder", "llm-listwise"] = "none"
+    kind: RerankerKind = "none"
     # How many first-stage hits the reranker reorders (top-n in); the rest keep their
     # first-stage order behind them. The answer takes retrieval.top_k of the result (top-n out).
     top_n: int = Field(20, ge=1)

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, ingest_files
@@ -23,7 +23,7 @@ from rag.answering import (
     token_counter,
 )
 from rag.chat import ChatMessage, bound_history, rewrite_follow_up
-from rag.config import RerankerConfig, Settings, load_settings
+from rag.config import RerankerKind, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.errors import ConfigError, QueryError
 from rag.evidence import Evidence, locate_evidence
@@ -156,8 +156,7 @@ class Pipeline:
             elif kind == "llm-listwise":
                 self._rerankers[kind] = LLMListwiseReranker(self.llm, self.settings.reranker)
             else:
-                allowed = RerankerConfig.model_fields["kind"].annotation.__args__  # type: ignore[union-attr]
-                raise QueryError(f"unknown reranker {kind!r}; choose one of {', '.join(allowed)}")
+                raise QueryError(f"unknown reranker {kind!r}; choose one of {', '.join(get_args(RerankerKind))}")
         return self._rerankers[kind]
 
     def retrieve(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,14 +31,20 @@ from rag import (
     QueryError,
     StoreError,
 )
+from rag.config import RerankerKind
 
 
-class RetrieveRequest(BaseModel):
+class Query(BaseModel):
+    """What every search names: where to look, how many sources, which reranker."""
+
     model_config = ConfigDict(extra="forbid")
-    query: str
     collection: str | None = None
     top_k: int | None = Field(None, ge=1, le=100)
-    reranker: Literal["none", "cross-encoder", "llm-listwise"] | None = None
+    reranker: RerankerKind | None = None
+
+
+class RetrieveRequest(Query):
+    query: str
 
 
 class Message(BaseModel):
@@ -46,12 +52,8 @@ class Message(BaseModel):
     content: str
 
 
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AskRequest(Query):
     question: str
-    collection: str | None = None
-    top_k: int | None = Field(None, ge=1, le=100)
-    reranker: Literal["none", "cross-encoder", "llm-listwise"] | None = None
     language: str | None = None  # ISO 639-1 answer language; default: the question's
     history: list[Message] = []  # earlier turns: the question is then a follow-up
 
@@ -112,8 +114,9 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
-def router(pipeline: Pipeline, authorize: Any) -> APIRouter:
-    """The /api routes over ``pipeline``; ``authorize`` is a FastAPI dependency (token check)."""
+def install(app: FastAPI, pipeline: Pipeline, authorize: Any) -> None:
+    """Add the /api routes over ``pipeline`` to ``app``; ``authorize`` is a FastAPI dependency
+    (the token check). BabelRAG's errors become ``{"error"}`` responses in one place."""
     api = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
 
     @api.get("/health")
@@ -122,28 +125,19 @@ def router(pipeline: Pipeline, authorize: Any) -> APIRouter:
 
     @api.get("/collections")
     def collections() -> Any:
-        try:
-            return [
-                {"name": c.name, "chunks": c.count, "documents": c.documents, "embedding_model": c.embedding_model}
-                for c in pipeline.collections()
-            ]
-        except BabelRAGError as error:
-            return error_response(error)
+        return [
+            {"name": c.name, "chunks": c.count, "documents": c.documents, "embedding_model": c.embedding_model}
+            for c in pipeline.collections()
+        ]
 
     @api.get("/collections/{name}/documents")
     def documents(name: str) -> Any:
-        try:
-            return [document_json(e) for e in pipeline.documents(name)]
-        except BabelRAGError as error:
-            return error_response(error)
+        return [document_json(e) for e in pipeline.documents(name)]
 
     @api.post("/retrieve")
     def retrieve(body: RetrieveRequest) -> Any:
-        try:
-            hits = pipeline.retrieve(body.query, collection=body.collection, top_k=body.top_k, reranker=body.reranker)
-            return {"hits": [hit_json(h) for h in hits]}
-        except BabelRAGError as error:
-            return error_response(error)
+        hits = pipeline.retrieve(body.query, collection=body.collection, top_k=body.top_k, reranker=body.reranker)
+        return {"hits": [hit_json(h) for h in hits]}
 
     @api.post("/ask")
     def ask(body: AskRequest) -> Any:
@@ -153,16 +147,14 @@ def router(pipeline: Pipeline, authorize: Any) -> APIRouter:
             "reranker": body.reranker,
             "language": body.language,
         }
-        try:
-            if body.history:
-                answer = pipeline.chat([m.model_dump() for m in body.history], body.question, **options)
-            else:
-                answer = pipeline.ask(body.question, **options)
-            return answer_json(answer)
-        except BabelRAGError as error:
-            return error_response(error)
+        if body.history:
+            answer = pipeline.chat([m.model_dump() for m in body.history], body.question, **options)
+        else:
+            answer = pipeline.ask(body.question, **options)
+        return answer_json(answer)
 
-    return api
+    app.include_router(api)
+    app.add_exception_handler(BabelRAGError, lambda _request, error: error_response(error))
 
 
 def bearer_token(request: Request) -> str | None:

@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         return token is not None and hmac.compare_digest(password.encode(), token.encode())
 
     app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
-    app.include_router(rest.router(pipeline, authorize))
+    rest.install(app, pipeline, authorize)
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)

@@ -16,19 +16,19 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: this may run offline
 
 import gradio as gr
 
 from rag import BabelRAGError, CollectionNotFoundError, JobProgress, Pipeline, QueryError
-from rag.config import RerankerConfig, validate_collection_name
+from rag.config import RerankerKind, validate_collection_name
 from ui import render
 
 log = logging.getLogger(__name__)
 
-RERANKERS = list(RerankerConfig.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+RERANKERS = get_args(RerankerKind)
 PREVIOUS_SUFFIX = ".previous-upload"  # next to a re-uploaded file until its ingest succeeded
 RERANKER_LABELS = {"none": "None (first stage only)", "cross-encoder": "Cross-encoder", "llm-listwise": "LLM listwise"}
 
