@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
+import httpx
 import pytest
 
 from rag.config import Settings, load_settings
@@ -18,12 +23,31 @@ EXAMPLES = ROOT / "examples"
 
 def need_env(*names: str) -> None:
     missing = [n for n in names if not os.environ.get(n)]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not set; run shared/models/provision.sh and source its env.sh"
+    if missing:
+        unavailable(f"{', '.join(missing)} not set; run shared/models/provision.sh and source its env.sh")
+
+
+def unavailable(message: str) -> NoReturn:
+    """A model or tool the test needs is missing: skip, or fail where BABELRAG_REQUIRE_MODELS=1 (CI)."""
     if os.environ.get("BABELRAG_REQUIRE_MODELS") == "1":
         pytest.fail(f"BABELRAG_REQUIRE_MODELS=1 but {message}")
     pytest.skip(message)
+
+
+def wait_until_serving(
+    url: str, proc: subprocess.Popen, *, ready: Callable[[httpx.Response], bool], what: str, timeout_s: float = 60
+) -> None:
+    """Poll ``url`` until ``ready`` says the server ``proc`` started is up; fail if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if ready(httpx.get(url, timeout=1)):
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, f"{what} exited during startup"
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not answer {url} within {timeout_s:.0f} s")
 
 
 def free_port() -> int:

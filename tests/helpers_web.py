@@ -11,7 +11,7 @@ from typing import Self
 import pytest
 import uvicorn
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, unavailable
 
 CHROMIUM = os.environ.get("BABELRAG_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -46,12 +46,9 @@ class AppServer:
 
 
 def need_chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    message = f"{CHROMIUM} not found: apt-get install -y chromium (or set BABELRAG_CHROMIUM)"
-    if os.environ.get("BABELRAG_REQUIRE_MODELS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    if not Path(CHROMIUM).exists():
+        unavailable(f"{CHROMIUM} not found: apt-get install -y chromium (or set BABELRAG_CHROMIUM)")
+    return CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ def served(tmp_path_factory):
     reuse = os.environ.get("BABELRAG_E2E_LLM_BASE_URL")
     if reuse:
         env = {"BABELRAG_STORE_PATH": str(tmp_path_factory.mktemp("chroma")), "BABELRAG_LLM_BASE_URL": reuse}
-        ingested = run("ingest", str(EXAMPLES / "handbook"), "-c", "handbook", "--config", CONFIG, env=env)
-        assert ingested.returncode == 0, ingested.stderr
-        yield env
+        yield ingest_handbook(env)
         return
     port = free_port()
     env = {
@@ -36,12 +34,16 @@ def served(tmp_path_factory):
     assert started.returncode == 0, started.stderr
     assert f"BABELRAG_LLM_BASE_URL=http://127.0.0.1:{port}/v1" in started.stdout
     try:
-        ingested = run("ingest", str(EXAMPLES / "handbook"), "-c", "handbook", "--config", CONFIG, env=env)
-        assert ingested.returncode == 0, ingested.stderr
-        yield env
+        yield ingest_handbook(env)
     finally:
         stopped = run("llm", "stop", "--port", str(port), "--config", CONFIG, env=env)
         assert f"stopped vLLM on port {port}" in stopped.stdout
+
+
+def ingest_handbook(env: dict[str, str]) -> dict[str, str]:
+    ingested = run("ingest", str(EXAMPLES / "handbook"), "-c", "handbook", "--config", CONFIG, env=env)
+    assert ingested.returncode == 0, ingested.stderr
+    return env
 
 
 @pytest.fixture(scope="module")

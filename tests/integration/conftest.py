@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +22,7 @@ def chroma_server(tmp_path_factory):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "chroma run exited during startup"
-            time.sleep(0.5)
-        else:
-            pytest.fail("chroma run did not answer its heartbeat within 60 s")
+        wait_until_serving(f"{url}/api/v2/heartbeat", proc, ready=lambda r: r.status_code == 200, what="chroma run")
         yield url
     finally:
         proc.terminate()

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rag import Pipeline, load_settings
-from tests.conftest import EXAMPLES, ROOT, free_port, need_env
+from tests.conftest import EXAMPLES, ROOT, free_port, need_env, wait_until_serving
 from tests.helpers import FakeLLM
 from tests.helpers_web import AppServer, browser, screenshot  # noqa: F401 -- browser is a fixture
 from ui.server import create_app
@@ -93,14 +93,8 @@ def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handboo
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/api/health", timeout=1).status_code == 401:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"babelrag serve did not listen on {url}")
+        # the token is asked for before anything else: a 401 says the app is up
+        wait_until_serving(f"{url}/api/health", proc, ready=lambda r: r.status_code == 401, what="babelrag serve")
         headers = {"Authorization": "Bearer t0ken"}
         assert httpx.get(f"{url}/api/health", headers=headers).json()["status"] == "ok"
         assert [c["name"] for c in httpx.get(f"{url}/api/collections", headers=headers).json()] == ["handbook"]
