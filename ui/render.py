@@ -226,8 +226,9 @@ def error_box(error: BaseException) -> str:
         text = str(error)
     else:
         text = f"Unexpected {type(error).__name__}: {error}. The server log has the details."
-    return f'<div class="babel-error" role="alert">{esc(text)}</div>'
+    return notice(text)
 
 
 def notice(text: str) -> str:
+    """A message for the user, shown like an error (role=alert)."""
     return f'<div class="babel-error" role="alert">{esc(text)}</div>'

@@ -95,6 +95,9 @@ class Turn:
 class Session:
     turns: list[Turn] = field(default_factory=list)
 
+    def sources_panel(self) -> str:
+        return render.sources_panel([t.sources for t in self.turns])
+
     def history(self) -> list[dict[str, str]]:
         out = []
         for t in self.turns:
@@ -137,7 +140,7 @@ class WebUI:
             session.turns.append(turn)
             t = len(session.turns) - 1
             turn.sources = render.source_cards(t, stream.hits)
-            panel = render.sources_panel([x.sources for x in session.turns])
+            panel = session.sources_panel()
             status = render.status_line(stream.question_language, stream.target_language, phase="writing…")
             chatbot.append({"role": "assistant", "content": render.streaming_answer("", stream.target_language)})
             yield chatbot, "", status, panel, "", session
@@ -152,18 +155,17 @@ class WebUI:
             turn.sources = render.source_cards(t, answer=answer, evidence=evidence)
             chatbot[-1] = {"role": "assistant", "content": render.final_answer(answer, t)}
             status = render.status_line(answer.question_language, answer.target_language, answer)
-            yield chatbot, "", status, render.sources_panel([x.sources for x in session.turns]), "", session
+            yield chatbot, "", status, session.sources_panel(), "", session
         except Exception as error:
             if not isinstance(error, BabelRAGError):
                 log.exception("chat failed")
-            if session.turns and session.turns[-1] is turn and not turn.answer:
-                session.turns.pop()
-            if not turn.answer:  # the question goes back into the box, to send again
+            if not turn.answer:  # the failed turn goes; its question goes back into the box, to send again
+                session.turns = [t for t in session.turns if t is not turn]
                 while chatbot and chatbot[-1]["role"] == "assistant":
                     chatbot.pop()
                 if chatbot and chatbot[-1]["role"] == "user":
                     chatbot.pop()
-            panel = render.sources_panel([x.sources for x in session.turns])  # without the failed turn's
+            panel = session.sources_panel()  # without the failed turn's
             yield chatbot, message, "", panel, render.error_box(error), session
         finally:
             if stream is not None and not turn.answer:
