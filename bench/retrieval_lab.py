@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -181,7 +182,7 @@ def main() -> None:
         KeywordIndex = None
     if KeywordIndex is not None:
         t = time.perf_counter()
-        index = KeywordIndex.build(ids, texts, list(chunk_lang))
+        index = KeywordIndex.build(Path(tempfile.mkdtemp(prefix="babelrag-lab-kw-")), ids, texts, list(chunk_lang))
         print(f"BM25 index of {len(ids)} chunks in {time.perf_counter() - t:.1f} s")
         pos = {cid: n for n, cid in enumerate(ids)}
         bm25 = np.zeros_like(dense)
@@ -190,8 +191,7 @@ def main() -> None:
         for i, q in enumerate(queries):
             for cid, s in index.search(q.question, language=q_lang[i], top_k=100):
                 bm25[i, pos[cid]] = s
-            mask = index.mask_for(languages=[q_lang[i]])
-            for cid, s in index.search(q.question, language=q_lang[i], top_k=100, mask=mask):
+            for cid, s in index.search(q.question, language=q_lang[i], top_k=100, languages=[q_lang[i]]):
                 bm25_own[i, pos[cid]] = s
             ideal = index.ideal_score(q.question, q_lang[i])
             bm25_ideal[i] = bm25_own[i] / ideal if ideal > 0 else 0.0

@@ -14,6 +14,17 @@ it converges to the chunks of an uninterrupted run. Chunks of a source are only 
 after its entry exists, so none can be orphaned. A changed file with no new chunks to write
 skips (1): its entry still holds the old hash until (4), which makes it changed to a re-run.
 
+The collection's state (version, document count, per-language vector sums for the centroids,
+rag/store.py) changes in the same atomic write as the entries: (1) counts a new document, (4)
+swaps the vector sums counted for the file (recorded beside its entry) for those of its new
+chunks and stamps the entry with the new version, and a deletion removes the sums with the
+entry (which stays as "deleted", for readers that follow changes). So after a crash anywhere the
+sums are exactly those of the files the manifest says are counted, and readers in every process
+see one consistent state. ``CollectionWriter`` does this bookkeeping for the job and for deletes.
+
+One job writes a collection at a time: it holds the collection's lease (``VectorStore.lease``)
+and checks it before every write, so a job that stalled past its lease stops.
+
 Loading and chunking run in a background thread, ahead of embedding; chunks from several
 files are embedded and upserted together in batches of ``ingestion.upsert_batch``.
 """
@@ -31,12 +42,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ingestion.chunker import Chunker
 from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
+from rag.centroids import VectorSums
 from rag.config import IngestionConfig
 from rag.embedder import Embedder
 from rag.errors import IngestionError
-from rag.store import Fingerprint, ManifestEntry, VectorStore
+from rag.locks import Lease
+from rag.store import CollectionState, Fingerprint, ManifestEntry, VectorStore
 from rag.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -111,6 +126,7 @@ def ingest_files(
     prune: bool = False,
     reindex: bool = False,
     progress: Progress | None = None,
+    job: str = "babelrag ingest",
 ) -> IngestReport:
     started = time.perf_counter()
     paths = [Path(p).expanduser() for p in paths]
@@ -123,26 +139,167 @@ def ingest_files(
             "pass other paths or add the extension to ingestion.extensions"
         )
     fingerprint: Fingerprint = index_fingerprint(embedder, chunker)
-    report.reindexed = store.ensure_collection(collection, fingerprint=fingerprint, reindex=reindex) and reindex
-    manifest = store.manifest(collection)
+    with store.lease(collection, job=job, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s) as lease:
+        report.reindexed = store.ensure_collection(collection, fingerprint=fingerprint, reindex=reindex) and reindex
+        manifest = store.manifest(collection)
+        target = CollectionWriter(store, collection, lease=lease, manifest=manifest)
+        writer = _Writer(target, embedder, config.upsert_batch, manifest, report, progress, len(files))
+        for item in _prepared(files, manifest, chunker, config, loaders):
+            writer.take(item)
+        writer.flush(everything=True)
 
-    writer = _Writer(collection, embedder, store, config.upsert_batch, manifest, report, progress, len(files))
-    for item in _prepared(files, manifest, chunker, config, loaders):
-        writer.take(item)
-    writer.flush(everything=True)
-
-    gone = _gone(manifest, paths, set(map(str, files)) | {f.path for f in report.failed})
-    if prune:
-        for source in gone:
-            stored = store.chunk_ids_of_source(collection, source)
-            store.delete(collection, stored)
-            store.delete_manifest(collection, [source])
-            report.chunks_deleted += len(stored)
-            report.removed.append(source)
-    else:
-        report.missing.extend(gone)
+        gone = _gone(manifest, paths, set(map(str, files)) | {f.path for f in report.failed})
+        if prune:
+            report.chunks_deleted += target.delete_sources(gone)
+            report.removed.extend(gone)
+        else:
+            report.missing.extend(gone)
     report.seconds = time.perf_counter() - started
     return report
+
+
+class CollectionWriter:
+    """Every write to a collection, with its bookkeeping: manifest entries, the vector sums
+    counted for each source, and the collection state, in the order the module docstring gives.
+
+    ``manifest`` is the whole manifest if the caller has read it (the job has); otherwise
+    entries are read when needed. A collection written before states existed is given one first
+    (``_migrate``).
+    """
+
+    def __init__(
+        self, store: VectorStore, collection: str, *, lease: Lease | None = None,
+        manifest: dict[str, ManifestEntry] | None = None,
+    ) -> None:  # fmt: skip
+        self.store = store
+        self.collection = collection
+        self.lease = lease
+        self.entries: dict[str, ManifestEntry] = dict(manifest or {})
+        self._complete = manifest is not None  # a source not in it has no live entry
+        state = store.state(collection)
+        self.state: CollectionState = state if state is not None else self._migrate()
+
+    def _check(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def _entry(self, source: str) -> ManifestEntry | None:
+        if source not in self.entries and not self._complete:
+            self.entries.update(self.store.entries(self.collection, [source]))
+        entry = self.entries.get(source)
+        return entry if entry is not None and entry.status != "deleted" else None
+
+    def begin(self, entries: Sequence[ManifestEntry]) -> None:
+        """(1): mark these files "writing" (their previous entries keep counting until done)."""
+        self._check()
+        marked = []
+        for e in entries:
+            previous = self._entry(e.source)
+            marked.append(replace(e, status="writing", seq=previous.seq if previous else 0))
+        new = [e for e in entries if self._entry(e.source) is None]
+        state = self.state.advanced(documents=len(new))
+        # a new file counts nothing yet: record that, so a crash before (4) leaves nothing to undo
+        self.store.put_manifest(self.collection, marked, sums={e.source: VectorSums() for e in new}, state=state)
+        self.state = state
+        self.entries.update({e.source: e for e in marked})
+
+    def write(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """(2): chunks of files marked "writing"."""
+        self._check()
+        self.store.upsert(self.collection, chunks, vectors)
+
+    def finish(self, done: Sequence[tuple[ManifestEntry, VectorSums]], stale: Sequence[str]) -> None:
+        """(3) and (4): delete ``stale`` chunks, then mark the files done with the sums of their chunks."""
+        if not done:
+            return
+        self._check()
+        self.store.delete(self.collection, stale)
+        counted = self.store.sums(self.collection, [e.source for e, _ in done])
+        removed, added = VectorSums(), VectorSums()
+        for entry, sums in done:
+            removed += counted.get(entry.source, VectorSums())
+            added += sums
+        state = self.state.advanced(add=added, remove=removed)
+        entries = [replace(e, status="done", seq=state.version) for e, _ in done]
+        self.store.put_manifest(self.collection, entries, sums={e.source: v for e, v in done}, state=state)
+        self.state = state
+        self.entries.update({e.source: e for e in entries})
+
+    def delete_sources(self, sources: Sequence[str]) -> int:
+        """Delete these files' chunks and entries; returns how many chunks were deleted."""
+        sources = [s for s in sources if self._entry(s) is not None]
+        if not sources:
+            return 0
+        self._check()
+        deleted = 0
+        for source in sources:
+            ids = self.store.chunk_ids_of_source(self.collection, source)
+            self.store.delete(self.collection, ids)
+            deleted += len(ids)
+        counted = self.store.sums(self.collection, sources)
+        removed = VectorSums()
+        for source in sources:
+            removed += counted.get(source, VectorSums())
+        state = self.state.advanced(documents=-len(sources), remove=removed)
+        now = time.time()
+        gone = [
+            replace(self.entries[s], status="deleted", chunk_ids=(), seq=state.version, updated_at=now) for s in sources
+        ]
+        self.store.put_manifest(self.collection, gone, sums={s: VectorSums() for s in sources}, state=state)
+        self.state = state
+        self.entries.update({e.source: e for e in gone})
+        return deleted
+
+    def _migrate(self) -> CollectionState:
+        """A state for a collection written before states existed: the vector sums of each
+        source's stored chunks, read a page at a time. Written entries-first, state last: a crash
+        in between leaves no state, and the next writer migrates again."""
+        started = time.perf_counter()
+        per_source: dict[str, VectorSums] = {}
+        for sources, languages, vectors in self.store.scan_vectors(self.collection):
+            names, of_row = np.unique(np.array(sources), return_inverse=True)
+            for n, source in enumerate(names):
+                rows = np.flatnonzero(of_row == n)
+                per_source.setdefault(str(source), VectorSums()).add([languages[i] for i in rows], vectors[rows])
+        live = self.store.manifest(self.collection)
+        total = VectorSums()
+        for sums in per_source.values():
+            total += sums
+        state = CollectionState(version=1, documents=len(live), sums=total)
+        sums = {s: per_source.get(s, VectorSums()) for s in live}
+        self.store.put_manifest(self.collection, [], sums=sums, state=state)
+        log.info(
+            "collection %r: centroid sums of %d chunks in %d files recorded in %.1f s",
+            self.collection, total.total, len(live), time.perf_counter() - started,
+        )  # fmt: skip
+        return self.store.state(self.collection) or state
+
+
+def delete_sources(
+    store: VectorStore, collection: str, sources: Sequence[str], *, config: IngestionConfig,
+    job: str = "babelrag delete",
+) -> int:  # fmt: skip
+    """Delete these files from ``collection`` under its lease; returns the chunks deleted."""
+    with store.lease(collection, job=job, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s) as lease:
+        return CollectionWriter(store, collection, lease=lease).delete_sources(sources)
+
+
+def write_documents(
+    store: VectorStore, collection: str, documents: Sequence[tuple[ManifestEntry, Sequence[Chunk], np.ndarray]],
+    *, lease: Lease | None = None,
+) -> None:  # fmt: skip
+    """Write whole documents (entry, its chunks, their vectors) with the job's bookkeeping: for
+    callers that have vectors already (benchmarks, tests, other engines). Replaces the sources' chunks."""
+    writer = CollectionWriter(store, collection, lease=lease)
+    entries = [entry for entry, _, _ in documents]
+    writer.begin(entries)
+    done = []
+    stale: list[str] = []
+    for entry, chunks, vectors in documents:
+        writer.write(chunks, vectors)
+        stale += sorted(store.chunk_ids_of_source(collection, entry.source) - {c.id for c in chunks})
+        done.append((entry, VectorSums.of([c.language for c in chunks], np.asarray(vectors))))
+    writer.finish(done, stale)
 
 
 # -- stage 1: load and chunk, in a background thread -------------------------------------
@@ -239,14 +396,16 @@ class _Open:
     parsed: _Parsed
     stored: set[str]  # chunk ids of its source in the store when the job reached it
     waiting: int  # new chunks not yet upserted
+    sums: VectorSums  # of its chunks' vectors so far: the stored ones it keeps, the new ones written
     marked: bool = False  # its "writing" manifest entry is stored
 
 
 class _Writer:
-    def __init__(self, collection, embedder, store, batch, manifest, report, progress, total) -> None:
-        self.collection = collection
+    def __init__(self, target: CollectionWriter, embedder, batch, manifest, report, progress, total) -> None:
+        self.target = target
+        self.store: VectorStore = target.store
+        self.collection = target.collection
         self.embedder: Embedder = embedder
-        self.store: VectorStore = store
         self.batch = batch
         self.manifest: dict[str, ManifestEntry] = manifest
         self.report: IngestReport = report
@@ -269,7 +428,12 @@ class _Writer:
             # A source without a manifest entry has no chunks: they are written after the entry.
             stored = self.store.chunk_ids_of_source(self.collection, source) if source in self.manifest else set()
             new = [c for c in item.chunks if c.id not in stored]
-            state = _Open(item, stored, len(new))
+            kept = [c.id for c in item.chunks if c.id in stored]
+            sums = VectorSums()
+            if kept:  # their vectors count for the file's sums too
+                _, languages, vectors = self.store.vectors(self.collection, kept)
+                sums.add(languages, vectors)
+            state = _Open(item, stored, len(new), sums)
             self.open.append(state)
             self.pending.extend((c, state) for c in new)
             self.flush()
@@ -279,16 +443,18 @@ class _Writer:
             batch, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             self._mark(list({id(o): o for _, o in batch if not o.marked}.values()))
             chunks = [c for c, _ in batch]
-            self.store.upsert(self.collection, chunks, self.embedder.embed_documents([c.embedding_text for c in chunks]))
-            for _, state in batch:
+            vectors = self.embedder.embed_documents([c.embedding_text for c in chunks])
+            self.target.write(chunks, vectors)
+            for (chunk, state), vector in zip(batch, vectors, strict=True):
                 state.waiting -= 1
+                state.sums.add([chunk.language], vector[None])
             self.report.chunks_written += len(chunks)
             self._finish()
         self._finish()
 
     def _mark(self, states: list[_Open]) -> None:
         now = time.time()
-        self.store.put_manifest(self.collection, [_entry(s.parsed, "writing", now) for s in states])
+        self.target.begin([_entry(s.parsed, "writing", now) for s in states])
         for s in states:
             s.marked = True
 
@@ -298,10 +464,9 @@ class _Writer:
         if not finished:
             return
         stale = [i for s in finished for i in s.stored - {c.id for c in s.parsed.chunks}]
-        self.store.delete(self.collection, stale)
-        self.report.chunks_deleted += len(stale)
         now = time.time()
-        self.store.put_manifest(self.collection, [_entry(s.parsed, "done", now) for s in finished])
+        self.target.finish([(_entry(s.parsed, "done", now), s.sums) for s in finished], stale)
+        self.report.chunks_deleted += len(stale)
         self.open = [s for s in self.open if s.waiting > 0]
         for s in finished:
             source = s.parsed.document.source
@@ -341,5 +506,14 @@ def _gone(manifest: dict[str, ManifestEntry], roots: Sequence[Path], seen: set[s
     return sorted(gone)
 
 
-__all__ = ["FileIssue", "IngestReport", "JobProgress", "Progress", "index_fingerprint", "ingest_files"]
-
+__all__ = [
+    "CollectionWriter",
+    "FileIssue",
+    "IngestReport",
+    "JobProgress",
+    "Progress",
+    "delete_sources",
+    "index_fingerprint",
+    "ingest_files",
+    "write_documents",
+]

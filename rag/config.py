@@ -29,6 +29,8 @@ from rag.errors import ConfigError
 # Chroma's own rule for collection names; checked here so the message can say what to do.
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,500}[A-Za-z0-9]$")
 MANIFEST_SUFFIX = ".manifest"  # NAME.manifest is NAME's ingestion manifest (rag/store.py)
+LEASE_SUFFIX = ".lease"  # NAME.lease exists while an ingestion job writes NAME (rag/store.py)
+RESERVED_SUFFIXES = (MANIFEST_SUFFIX, LEASE_SUFFIX)
 
 
 class _Section(BaseModel):
@@ -52,6 +54,12 @@ class StoreConfig(_Section):
     path: Path = Path(".babelrag/chroma")  # embedded PersistentClient folder
     url: str | None = None  # e.g. http://127.0.0.1:8000 -> HttpClient to a `chroma run` server
     collection: str = "default"
+    # The keyword index of each collection (tantivy, rag/keyword.py): a local copy kept in step
+    # with the store, shared by the processes of one machine; each machine keeps its own.
+    index_dir: Path = Path(".babelrag/index")
+    # Embedded Chroma is one process's: the folder is locked by the process that opens it. A
+    # second `babelrag ingest` hands its job to the `babelrag serve` holding it (over its REST API).
+    handoff: bool = True
 
     @field_validator("collection")
     @classmethod
@@ -82,6 +90,11 @@ class IngestionConfig(_Section):
     max_unpacked_mb: float = Field(200, gt=0)
     max_compression_ratio: float = Field(100, gt=1)
     upsert_batch: int = Field(256, ge=1)  # chunks per Chroma write
+    # One job writes a collection at a time: it holds the collection's lease (NAME.lease in the
+    # store, so it works across processes and machines), renewed every lease_ttl_s / 3. A job that
+    # dies loses it after lease_ttl_s; a second job waits lease_wait_s for it, then says who has it.
+    lease_ttl_s: float = Field(60, ge=1)
+    lease_wait_s: float = Field(0, ge=0)
     report_dir: Path = Path(".babelrag/reports")  # one JSON report per job
 
     @field_validator("extensions")
@@ -110,7 +123,6 @@ class RetrievalConfig(_Section):
     # dense: re-score the centring_depth nearest chunks with per-language mean-centred vectors
     centring: bool = True
     centring_depth: int = Field(100, ge=1)
-    centroid_sample: int = Field(50_000, ge=1)  # chunks read to estimate the centroids
     centroid_prior: float = Field(100.0, ge=0)  # shrinks small languages' centroids to the mean
     # Added to the score of chunks in the question's language. For knowledge bases that hold every
     # document in every language: 0.3 puts ~90 % of the top 10 in the user's language, but buries
@@ -121,9 +133,9 @@ class RetrievalConfig(_Section):
     fusion: Literal["weighted", "rrf"] = "weighted"
     keyword_weight: float = Field(0.1, ge=0)
     rrf_k: int = Field(60, ge=1)
-    # How often the keyword index and centroids look for changes made by other processes (this
-    # process's own ingest/delete refresh them at once); each look reads the collection manifest.
-    index_recheck_s: float = Field(10.0, ge=0)
+    # How often a query looks whether the collection changed (one read of its version counter,
+    # ~1 ms); a change refreshes the centroids and, in the background, the keyword index.
+    index_recheck_s: float = Field(1.0, ge=0)
     query_cache: int = Field(4096, ge=0)  # query embeddings kept in memory (LRU)
 
 
@@ -312,11 +324,11 @@ class Settings(BaseSettings):
 
 
 def validate_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name) or name.endswith(MANIFEST_SUFFIX):
+    if not COLLECTION_NAME.match(name) or name.endswith(RESERVED_SUFFIXES):
         raise ValueError(
             f"collection name {name!r} is not valid: use 3-502 characters from letters, digits, '.', '_' "
-            f"and '-', starting and ending with a letter or digit, not ending in {MANIFEST_SUFFIX!r} "
-            "(e.g. 'handbook')"
+            f"and '-', starting and ending with a letter or digit, not ending in "
+            f"{' or '.join(map(repr, RESERVED_SUFFIXES))} (e.g. 'handbook')"
         )
     return name
 

@@ -7,7 +7,10 @@
     ├── IngestionError         a file or folder cannot be ingested
     ├── StoreError             the vector store refused or cannot be reached
     │   ├── CollectionNotFoundError
-    │   └── IndexMismatchError a collection was built with other embedding/chunking settings
+    │   ├── IndexMismatchError a collection was built with other embedding/chunking settings
+    │   ├── StoreLockedError   the embedded store is open in another process
+    │   ├── LeaseHeldError     another ingestion job writes the collection
+    │   └── LeaseLostError     this job's lease was taken over (it stalled past the lease's time)
     └── GenerationError        the LLM server is down, slow or answered garbage
 
 Every message says what was expected, what came, and what to do. The CLI prints
@@ -15,6 +18,9 @@ Every message says what was expected, what came, and what to do. The CLI prints
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class BabelRAGError(Exception):
@@ -46,6 +52,26 @@ class CollectionNotFoundError(StoreError):
 
 
 class IndexMismatchError(StoreError):
+    pass
+
+
+class StoreLockedError(StoreError):
+    """The embedded store is open in another process; ``holder`` is what it wrote about itself."""
+
+    def __init__(self, message: str, holder: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = dict(holder)
+
+
+class LeaseHeldError(StoreError):
+    """Another ingestion job writes the collection; ``holder`` describes it."""
+
+    def __init__(self, message: str, holder: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = dict(holder)
+
+
+class LeaseLostError(StoreError):
     pass
 
 

@@ -9,22 +9,29 @@ bigrams, the usual dictionary-free segmentation (Lucene's CJKBigramFilter does t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import itertools
 import json
+import logging
+import math
+import os
 import re
 import shutil
-import tempfile
+import threading
+import time
 import unicodedata
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from rag.errors import StoreError
 
 if TYPE_CHECKING:
-    import bm25s
+    from rag.store import ManifestEntry, VectorStore
+
+log = logging.getLogger(__name__)
 
 # Script of each block that matters; other letters form words of the script "other". Marks
 # (Mn/Mc: Devanagari matras, Thai vowels, Arabic signs) belong to their block's script so they
@@ -296,155 +303,316 @@ def tokenize(text: str, language: str | None = None) -> list[str]:
     return tokens
 
 
-_META_FILE = "keyword_index.json"
-_BM25_PARAMS_FILE = "params.index.json"  # bm25s's; absent when no chunk had a token
-_FORMAT = 1
+# -- the index ---------------------------------------------------------------------------
+
+_FORMAT = 2  # of the folder: schema and babelrag.json; another format is rebuilt
+_META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
+_NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
+_WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
+
+
+def _schema():
+    import tantivy
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("source", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("lang", tokenizer_name="raw", index_option="basic")
+    # tokenize() has made the terms: joined by spaces, split on them again, nothing else done
+    builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
+    return builder.build()
+
+
+def _tantivy():
+    try:
+        import tantivy
+    except ImportError as e:  # a dependency of babelrag; missing only in a broken install
+        raise StoreError(f"the keyword index needs the tantivy package ({e}); reinstall babelrag") from e
+    return tantivy
 
 
 class KeywordIndex:
-    """BM25 over chunk texts, addressed by chunk id. Make one with ``build`` or ``load``."""
+    """BM25 over chunk texts, addressed by chunk id: a tantivy index in a folder.
 
-    def __init__(self, ids: Sequence[str], languages: Sequence[str | None], bm25: bm25s.BM25 | None) -> None:
-        if len(ids) != len(languages):
-            raise ValueError(f"got {len(ids)} ids but {len(languages)} languages")
-        self._ids = list(ids)
-        self._languages = list(languages)
-        self._language_array = np.array([lang or "" for lang in self._languages], dtype=str)
-        self._position = {id_: i for i, id_ in enumerate(self._ids)}
-        if len(self._position) != len(self._ids):
-            raise ValueError("chunk ids must be unique; got duplicates")
-        self._bm25 = bm25  # None when no text had a single token: bm25s cannot index that
-        self._doc_freq: np.ndarray | None = None
+    On disk and memory-mapped, so processes of one machine share it through the page cache and
+    a restart reads it instead of rebuilding it; written incrementally (``writing``: documents
+    added and deleted by source, committed as a new segment), read by any number of processes.
+    BM25 statistics (document frequencies, average length) are over the whole index, as before
+    with bm25s, and ``languages`` only filters. Chosen over SQLite FTS5 and in-memory bm25s by
+    measurement (README, "Scale").
+    """
+
+    def __init__(self, path: Path, index: Any) -> None:
+        self.path = path
+        self._index = index
+        self._schema = index.schema
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str], languages: Sequence[str | None]) -> KeywordIndex:
-        """Index ``texts[i]`` (in ``languages[i]``, None if unknown) as chunk ``ids[i]``."""
-        import bm25s
+    def open(cls, path: Path) -> KeywordIndex:
+        """The index in ``path``, created empty if there is none."""
+        tantivy = _tantivy()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls(path, tantivy.Index(_schema(), path=str(path), reuse=True))
+        except (OSError, ValueError) as e:
+            raise StoreError(
+                f"cannot open the keyword index in {path}: {e}; delete that folder, it is rebuilt from the store"
+            ) from e
 
+    @classmethod
+    def build(
+        cls, path: Path, ids: Sequence[str], texts: Sequence[str], languages: Sequence[str | None],
+        sources: Sequence[str] | None = None,
+    ) -> KeywordIndex:  # fmt: skip
+        """A new index in ``path`` of ``texts[i]`` (in ``languages[i]``) as chunk ``ids[i]``."""
         if not len(ids) == len(texts) == len(languages):
             raise ValueError(
                 f"ids, texts and languages must be parallel; got {len(ids)}, {len(texts)} and {len(languages)} items"
             )
-        corpus = [tokenize(text, language) for text, language in zip(texts, languages)]
-        bm25 = None
-        if any(corpus):
-            bm25 = bm25s.BM25()
-            bm25.index(corpus, show_progress=False)
-        return cls(ids, languages, bm25)
+        if len(set(ids)) != len(ids):
+            raise ValueError("chunk ids must be unique; got duplicates")
+        index = cls.open(path)
+        with index.writing() as writer:
+            writer.clear()
+            writer.add(ids, texts, languages, sources or ids)
+        return index
+
+    def __len__(self) -> int:
+        return int(self._index.searcher().num_docs)
+
+    def reload(self) -> None:
+        """See what other writers (processes) committed since."""
+        self._index.reload()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[KeywordWriter]:
+        """Changes made through the writer are committed together at the end, or not at all.
+        One writer per folder at a time (tantivy's own lock; KeywordIndexes serialises them)."""
+        writer = self._index.writer(_WRITER_HEAP, 1)
+        try:
+            yield KeywordWriter(writer)
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            writer.wait_merging_threads()
+        self._index.reload()
+
+    def search(
+        self, query: str, *, language: str | None, top_k: int, languages: Collection[str | None] | None = None
+    ) -> list[tuple[str, float]]:
+        """Up to ``top_k`` (chunk id, BM25 score) pairs that share a term with ``query``, best
+        first; with ``languages``, only chunks in one of them."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1; got {top_k}")
+        tokens = sorted(set(tokenize(query, language)))
+        if not tokens:
+            return []
+        tantivy = _tantivy()
+        q, should, must = tantivy.Query, tantivy.Occur.Should, tantivy.Occur.Must
+        found = q.boolean_query([(should, q.term_query(self._schema, "body", t)) for t in tokens])
+        if languages is not None:
+            allowed = q.term_set_query(self._schema, "lang", sorted({lang or _NO_LANGUAGE for lang in languages}))
+            found = q.boolean_query([(must, found), (must, q.const_score_query(allowed, 0.0))])
+        searcher = self._index.searcher()
+        hits = searcher.search(found, top_k, count=False).hits
+        return [(searcher.doc(address)["id"][0], float(score)) for score, address in hits]
 
     def ideal_score(self, query: str, language: str | None) -> float:
         """The BM25 score of an average-length chunk that holds each query term once: the sum of
         the terms' IDF (a term no chunk has counts at full IDF). ``score / ideal_score`` tells how
         much of the query a chunk matches, comparable across queries (unlike ``score / best``)."""
-        if self._bm25 is None:
+        searcher = self._index.searcher()
+        n = searcher.num_docs
+        if not n:
             return 0.0
-        n = len(self._ids)
-        vocab = self._bm25.vocab_dict
         total = 0.0
         for token in set(tokenize(query, language)):
-            df = self._df(vocab[token]) if token in vocab else 0
-            total += float(np.log(1 + (n - df + 0.5) / (df + 0.5)))  # Lucene's IDF, bm25s' default
+            df = searcher.doc_freq("body", token)
+            total += math.log(1 + (n - df + 0.5) / (df + 0.5))  # Lucene's (and tantivy's) IDF
         return total
 
-    def _df(self, token_id: int) -> int:
-        if self._doc_freq is None:
-            scores = self._bm25.scores
-            indptr = np.asarray(scores["indptr"])
-            self._doc_freq = np.diff(indptr)  # CSC by token: non-zero entries = chunks holding it
-        return int(self._doc_freq[token_id]) if token_id < len(self._doc_freq) else 0
 
-    def __len__(self) -> int:
-        return len(self._ids)
+class KeywordWriter:
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
 
-    def mask_for(self, languages: Collection[str] | None = None, ids: Collection[str] | None = None) -> np.ndarray:
-        """Boolean mask over the indexed chunks for ``search``: chunks in one of ``languages``
-        and among ``ids`` (either None: no restriction). Unknown ids are ignored."""
-        mask = np.ones(len(self._ids), dtype=bool)
-        if languages is not None:
-            mask &= np.isin(self._language_array, [lang or "" for lang in languages])  # vectorised: 10k chunks in 0.03 ms
-        if ids is not None:
-            among = np.zeros(len(self._ids), dtype=bool)
-            among[[self._position[i] for i in ids if i in self._position]] = True
-            mask &= among
-        return mask
-
-    def search(
-        self, query: str, *, language: str | None, top_k: int, mask: np.ndarray | None = None
-    ) -> list[tuple[str, float]]:
-        """Up to ``top_k`` (chunk id, BM25 score) pairs that share a term with ``query``, best
-        first, among the chunks where ``mask`` (see ``mask_for``) is True."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1; got {top_k}")
-        if mask is not None and (mask.dtype != bool or mask.shape != (len(self._ids),)):
-            raise ValueError(
-                f"mask must be a boolean array of shape ({len(self._ids)},) like mask_for "
-                f"returns; got {mask.dtype} {mask.shape}"
-            )
-        if self._bm25 is None:
-            return []
-        token_ids = self._bm25.get_tokens_ids(tokenize(query, language))
-        if not token_ids:
-            return []
-        scores = self._bm25.get_scores_from_ids(token_ids, weight_mask=mask)
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > top_k:
-            hits = hits[np.argpartition(-scores[hits], top_k - 1)[:top_k]]
-        hits = hits[np.lexsort((hits, -scores[hits]))]  # ties in index order: deterministic
-        return [(self._ids[i], float(scores[i])) for i in hits]
-
-    def save(self, path: Path) -> None:
-        """Write the index to directory ``path``, replacing what is there. Readers never see a
-        half-written index (at worst, for an instant, none): it is written beside ``path`` and
-        renamed into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            if self._bm25 is not None:
-                self._bm25.save(staging, show_progress=False)
-            meta = {"format": _FORMAT, "ids": self._ids, "languages": self._languages}
-            (staging / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False), "utf-8")
-            if path.exists():
-                # a directory cannot be renamed over a non-empty one: move the old one aside
-                retired = staging.with_name(staging.name + ".old")
-                path.rename(retired)
-                try:
-                    staging.rename(path)
-                except OSError:
-                    retired.rename(path)
-                    raise
-                shutil.rmtree(retired)
-            else:
-                staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-
-    @classmethod
-    def load(cls, path: Path) -> KeywordIndex:
-        """Read an index written by ``save``."""
-        import bm25s
-
-        path = Path(path)
-        try:
-            meta = json.loads((path / _META_FILE).read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise StoreError(
-                f"cannot read the keyword index in {path}: expected {_META_FILE} written by "
-                f"KeywordIndex.save, got {type(e).__name__}: {e}; rebuild the index"
-            ) from e
-        if meta.get("format") != _FORMAT:
-            raise StoreError(
-                f"keyword index in {path} has format {meta.get('format')!r}, this version reads "
-                f"format {_FORMAT}; rebuild the index"
-            )
-        ids, languages = meta["ids"], meta["languages"]
-        bm25 = None
-        if (path / _BM25_PARAMS_FILE).exists():
-            bm25 = bm25s.BM25.load(path, show_progress=False)
-            if bm25.scores["num_docs"] != len(ids):
-                raise StoreError(
-                    f"keyword index in {path} is inconsistent: {len(ids)} ids but "
-                    f"{bm25.scores['num_docs']} BM25 documents; rebuild the index"
+    def add(
+        self, ids: Sequence[str], texts: Sequence[str], languages: Sequence[str | None], sources: Sequence[str]
+    ) -> None:
+        tantivy = _tantivy()
+        for id_, text, language, source in zip(ids, texts, languages, sources, strict=True):
+            self._writer.add_document(
+                tantivy.Document(
+                    id=id_, source=source, lang=language or _NO_LANGUAGE, body=" ".join(tokenize(text, language))
                 )
-        return cls(ids, languages, bm25)
+            )
+
+    def delete_sources(self, sources: Iterable[str]) -> None:
+        for source in sources:
+            self._writer.delete_documents_by_term("source", source)
+
+    def clear(self) -> None:
+        self._writer.delete_all_documents()
+
+
+# -- kept in step with the store ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``: processes of one machine take turns."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _parse_version(version: str) -> tuple[str, int]:
+    """(collection id, version counter) of a store version "ID:N"; legacy versions (a hash of a
+    collection without a version counter) are their own id, so that any change rebuilds."""
+    head, _, tail = version.rpartition(":")
+    if head and not head.startswith("legacy") and tail.isdigit():
+        return head, int(tail)
+    return version, 0
+
+
+class KeywordIndexes:
+    """The keyword index of each collection of one store, kept in step with the store.
+
+    Each lives in ``root/<store>/<collection>``: a tantivy index plus ``babelrag.json``, the store
+    version it reflects. To catch up, a process takes the folder's lock, reads the manifest
+    entries that changed since that version (``VectorStore.changes``: every write and delete
+    bumps the collection's version and stamps the entries it touched), deletes those sources'
+    chunks from the index and adds the chunks of those now done, and records the version. So
+    the job that writes the chunks updates the index at once, another process of the machine
+    finds it up to date and only reloads it, and a process on another machine (its own folder)
+    catches up from the store alone. A missing, foreign or outdated folder is rebuilt from the
+    manifest, a page of chunks at a time.
+
+    ``get`` never makes a query wait for an update of an index it already has: that runs in a
+    background thread, and the query uses the index as it is.
+    """
+
+    def __init__(self, store: VectorStore, root: Path) -> None:
+        self.store = store
+        self.root = Path(root)
+        self._open: dict[str, KeywordIndex] = {}
+        self._applied: dict[str, str] = {}  # collection -> store version its index reflects here
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def folder(self, collection: str) -> Path:
+        store = hashlib.sha256(self.store.key.encode()).hexdigest()[:16]
+        return self.root / store / collection
+
+    def get(self, collection: str, version: str) -> KeywordIndex:
+        """The index of ``collection``; catching up with store version ``version`` if behind."""
+        with self._lock:
+            index = self._open.get(collection)
+            current = index is not None and self._applied.get(collection) == version
+        if index is None:
+            return self.refresh(collection)
+        if not current:
+            self._catch_up_in_background(collection)
+        return index
+
+    def refresh(self, collection: str) -> KeywordIndex:
+        """Bring the index up to date with the store now."""
+        folder = self.folder(collection)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _file_lock(folder / ".lock"):
+            version = self.store.version(collection)
+            index = self._catch_up(collection, folder, version)
+        with self._lock:
+            self._open[collection] = index
+            self._applied[collection] = version
+        return index
+
+    def forget(self, collection: str) -> None:
+        with self._lock:
+            self._open.pop(collection, None)
+            self._applied.pop(collection, None)
+
+    def _catch_up_in_background(self, collection: str) -> None:
+        with self._lock:
+            if collection in self._busy:
+                return
+            self._busy.add(collection)
+
+        def run() -> None:
+            try:
+                self.refresh(collection)
+            except Exception:  # noqa: BLE001 - the next query tries again; queries keep the index they have
+                log.warning("cannot update the keyword index of %r", collection, exc_info=True)
+            finally:
+                with self._lock:
+                    self._busy.discard(collection)
+
+        threading.Thread(target=run, name=f"keyword-{collection}", daemon=True).start()
+
+    def _catch_up(self, collection: str, folder: Path, version: str) -> KeywordIndex:
+        collection_id, seq = _parse_version(version)
+        meta = _read_meta(folder)
+        rebuild = meta is None or meta.get("format") != _FORMAT or meta.get("collection_id") != collection_id
+        if rebuild and meta is not None and meta.get("format") != _FORMAT:
+            _wipe(folder)
+        index = self._open.get(collection)
+        if index is None:
+            index = KeywordIndex.open(folder)
+        if not rebuild and meta["version"] >= seq:
+            index.reload()  # another process of this machine brought it up to date
+            return index
+        started = time.perf_counter()
+        if rebuild:
+            entries = [e for e in self.store.manifest(collection).values() if e.done]
+        else:
+            entries = self.store.changes(collection, since=meta["version"])
+        chunks = self._apply(index, collection, entries, clear=rebuild)
+        _write_meta(folder, {"format": _FORMAT, "collection_id": collection_id, "version": seq})
+        log.info(
+            "keyword index of %r %s: %d documents, %d chunks in %.2f s",
+            collection, "rebuilt" if rebuild else "updated", len(entries), chunks, time.perf_counter() - started,
+        )  # fmt: skip
+        return index
+
+    def _apply(self, index: KeywordIndex, collection: str, entries: Sequence[ManifestEntry], *, clear: bool) -> int:
+        # A "writing" entry is a file being rewritten: its index entries stay until it is done.
+        touched = [e.source for e in entries if e.status in ("done", "deleted")]
+        ids = [i for e in entries if e.done for i in e.chunk_ids]
+        page = 4000
+        with index.writing() as writer:
+            if clear:
+                writer.clear()
+            else:
+                writer.delete_sources(touched)
+            for i in range(0, len(ids), page):
+                chunks = self.store.get(collection, ids[i : i + page])
+                writer.add(
+                    [c.id for c in chunks], [c.text for c in chunks], [c.language for c in chunks],
+                    [c.source for c in chunks],
+                )  # fmt: skip
+        return len(ids)
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / _META).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    tmp = folder / f".{_META}.tmp"
+    tmp.write_text(json.dumps(meta), "utf-8")
+    tmp.replace(folder / _META)
+
+
+def _wipe(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
-from ingestion.job import IngestReport, Progress, ingest_files
+from ingestion.job import IngestReport, Progress, delete_sources, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
 from rag.answering import (
     DEFAULT_CONTEXT_TOKENS,
@@ -25,7 +25,7 @@ from rag.answering import (
 from rag.chat import ChatMessage, bound_history, rewrite_follow_up
 from rag.config import RerankerKind, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
-from rag.errors import ConfigError, QueryError
+from rag.errors import ConfigError, QueryError, StoreError
 from rag.evidence import Evidence, locate_evidence
 from rag.generator import Generator, LLMClient, OpenAIGenerator, build_messages
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
@@ -67,7 +67,9 @@ class Pipeline:
         self.generator = generator or OpenAIGenerator(self.llm)
         dense = DenseRetriever(self.embedder, self.store, cache_size=s.retrieval.query_cache, config=s.retrieval)
         self.retriever: Retriever = (
-            HybridRetriever(dense, self.store, s.retrieval) if s.retrieval.mode == "hybrid" else dense
+            HybridRetriever(dense, self.store, s.retrieval, index_dir=s.store.index_dir)
+            if s.retrieval.mode == "hybrid"
+            else dense
         )
         self._rerankers: dict[str, Reranker] = {}
         self._count: TokenCount | None = None
@@ -110,7 +112,14 @@ class Pipeline:
                 progress=progress,
             )
         finally:  # even a failed job may have written: derived indexes must look again
-            self.retriever.invalidate(collection)
+            self._refresh(collection)
+
+    def _refresh(self, collection: str) -> None:
+        """Bring this process's derived indexes (keyword index, centroids) up to date at once."""
+        try:
+            self.retriever.refresh(collection)
+        except StoreError as e:  # e.g. a job that failed before creating the collection
+            log.info("derived indexes of %r not refreshed: %s", collection, e)
 
     def _check_chunk_budget(self) -> None:
         """Chunks plus their prompt and title/section context must fit the embedding model."""
@@ -134,15 +143,13 @@ class Pipeline:
     def delete_document(self, source: str, collection: str | None = None) -> int:
         """Delete one source file's chunks from ``collection``; returns how many were deleted."""
         collection = collection or self.settings.store.collection
-        entries = self.store.manifest(collection)
-        if source not in entries:
-            known = ", ".join(sorted(Path(s).name for s in entries)[:10]) or "none"
+        entry = self.store.entries(collection, [source]).get(source)
+        if entry is None or entry.status == "deleted":
+            known = ", ".join(sorted(Path(e.source).name for e in self.documents(collection))[:10]) or "none"
             raise QueryError(f"{source!r} is not a document of collection {collection!r} (documents: {known})")
-        ids = self.store.chunk_ids_of_source(collection, source)
-        self.store.delete(collection, ids)
-        self.store.delete_manifest(collection, [source])
-        self.retriever.invalidate(collection)
-        return len(ids)
+        deleted = delete_sources(self.store, collection, [source], config=self.settings.ingestion)
+        self._refresh(collection)
+        return deleted
 
     # -- retrieval -----------------------------------------------------------------------
 
@@ -202,7 +209,7 @@ class Pipeline:
         if top_k < 1:
             raise QueryError(f"top_k must be at least 1, got {top_k}")
         collection = collection or self.settings.store.collection
-        self.store.info(collection)  # an unknown collection fails before any model loads
+        self.store.require(collection)  # an unknown collection fails before any model loads
         rerank = self.reranker(reranker)
         depth = max(top_k, self.settings.retrieval.candidates)
         t0 = time.perf_counter()

@@ -6,21 +6,20 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from rag.centroids import Centroids, VectorSums
 from rag.config import RetrievalConfig
 from rag.embedder import Embedder
+from rag.keyword import KeywordIndexes
 from rag.store import VectorStore, Where
 from rag.types import Chunk, Hit
 
-if TYPE_CHECKING:
-    from rag.keyword import KeywordIndex
-
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @runtime_checkable
@@ -38,8 +37,8 @@ class Retriever(Protocol):
         language where known (a retriever may use it, e.g. for keyword search)."""
         ...
 
-    def invalidate(self, collection: str) -> None:
-        """Forget what is cached about ``collection`` (its content just changed)."""
+    def refresh(self, collection: str) -> None:
+        """``collection`` was just written by this process: bring what is derived from it up to date."""
         ...
 
 
@@ -72,64 +71,30 @@ class QueryEmbeddings:
         return np.stack([found[q] for q in queries])
 
 
-class PerCollection(Generic[T]):
-    """A value derived from a collection's content (keyword index, centroids), rebuilt when the
-    store's version of the collection changes; the version is checked at most every ``recheck_s``."""
+class VersionWatch:
+    """The store's version of each collection, read again at most every ``recheck_s`` (one
+    record read: the version counter). Caches of derived state compare against it."""
 
-    def __init__(self, store: VectorStore, build: Callable[[str], T], *, recheck_s: float) -> None:
+    def __init__(self, store: VectorStore, *, recheck_s: float) -> None:
         self.store = store
-        self.build = build
         self.recheck_s = recheck_s
-        self._cache: dict[str, tuple[str, float, T]] = {}  # collection -> (version, checked at, value)
+        self._seen: dict[str, tuple[str, float]] = {}  # collection -> (version, read at)
         self._lock = threading.Lock()
 
-    def invalidate(self, collection: str) -> None:
+    def __call__(self, collection: str) -> str:
+        now = time.monotonic()
         with self._lock:
-            self._cache.pop(collection, None)
-
-    def __call__(self, collection: str) -> T:
+            seen = self._seen.get(collection)
+        if seen is not None and now - seen[1] < self.recheck_s:
+            return seen[0]
+        version = self.store.version(collection)
         with self._lock:
-            cached = self._cache.get(collection)
-            now = time.monotonic()
-            if cached and now - cached[1] < self.recheck_s:
-                return cached[2]
-            version = self.store.version(collection)
-            if cached and cached[0] == version:
-                self._cache[collection] = (version, now, cached[2])
-                return cached[2]
-            value = self.build(collection)
-            self._cache[collection] = (version, now, value)
-            return value
+            self._seen[collection] = (version, now)
+        return version
 
-
-class Centroids:
-    """Per-language mean chunk vectors of a collection, shrunk toward the collection's mean:
-    ``(n·mean_lang + prior·mean_all) / (n + prior)``, so a language with a handful of chunks is
-    not centred on itself (which would zero its vectors)."""
-
-    def __init__(self, means: dict[str | None, np.ndarray], overall: np.ndarray) -> None:
-        self.means = means
-        self.overall = overall
-
-    @classmethod
-    def of(cls, languages: Sequence[str | None], vectors: np.ndarray, *, prior: float) -> Centroids:
-        if not len(vectors):
-            return cls({}, np.zeros(0, dtype=np.float32))
-        overall = vectors.mean(axis=0)
-        means = {}
-        labels = np.array([lang or "" for lang in languages])
-        for lang in set(labels):
-            rows = vectors[labels == lang]
-            means[lang or None] = (rows.sum(axis=0) + prior * overall) / (len(rows) + prior)
-        return cls(means, overall)
-
-    def centre(self, vectors: np.ndarray, languages: Sequence[str | None]) -> np.ndarray:
-        """Unit vectors with each row's language centroid subtracted."""
-        if not len(self.overall) or not len(vectors):
-            return vectors
-        shift = np.stack([self.means.get(lang, self.overall) for lang in languages])
-        out = vectors - shift
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    def forget(self, collection: str) -> None:
+        with self._lock:
+            self._seen.pop(collection, None)
 
 
 class DenseRetriever:
@@ -138,8 +103,9 @@ class DenseRetriever:
     With ``centring`` (the default, see README "Retrieval"), the store's ``centring_depth``
     nearest chunks are re-scored after subtracting each language's centroid from the query and
     chunk vectors (Libovický et al. 2020): multilingual encoders place each language in its own
-    region, and removing that offset makes scores comparable across languages. Centroids come from
-    the collection itself (cached, rebuilt when it changes); stored vectors stay raw.
+    region, and removing that offset makes scores comparable across languages. The centroids
+    come from the per-language vector sums the store keeps with the collection (every write and
+    delete updates them), read again when the collection's version changes; stored vectors stay raw.
     """
 
     def __init__(
@@ -148,16 +114,29 @@ class DenseRetriever:
         self.store = store
         self.config = config or RetrievalConfig()
         self.embed = QueryEmbeddings(embedder, cache_size=cache_size)
-        self.centroids = PerCollection(store, self._centroids, recheck_s=self.config.index_recheck_s)
+        self.watch = VersionWatch(store, recheck_s=self.config.index_recheck_s)
+        self._centroids: dict[str, tuple[str, Centroids]] = {}  # collection -> (version, centroids)
 
-    def invalidate(self, collection: str) -> None:
-        self.centroids.invalidate(collection)
+    def refresh(self, collection: str) -> None:
+        self.watch.forget(collection)
+        self._centroids.pop(collection, None)
 
-    def _centroids(self, collection: str) -> Centroids:
-        started = time.perf_counter()
-        languages, vectors = self.store.vectors(collection, limit=self.config.centroid_sample)
-        centroids = Centroids.of(languages, vectors, prior=self.config.centroid_prior)
-        log.info("centroids of %r from %d chunks in %.2f s", collection, len(vectors), time.perf_counter() - started)
+    def centroids(self, collection: str) -> Centroids:
+        version = self.watch(collection)
+        cached = self._centroids.get(collection)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        state = self.store.state(collection)
+        if state is not None:
+            sums = state.sums
+        else:  # written before the store kept sums (the next ingestion job adds them): add them up here
+            started = time.perf_counter()
+            sums = VectorSums()
+            for _, languages, vectors in self.store.scan_vectors(collection):
+                sums.add(languages, vectors)
+            log.info("centroids of %r from %d chunks in %.2f s", collection, sums.total, time.perf_counter() - started)
+        centroids = sums.centroids(prior=self.config.centroid_prior)
+        self._centroids[collection] = (version, centroids)
         return centroids
 
     def retrieve(
@@ -178,7 +157,7 @@ class DenseRetriever:
             return self.store.query(collection, vectors, top_k=top_k, where=where)
         depth = max(top_k, self.config.centring_depth)
         found = self.store.query_with_vectors(collection, vectors, top_k=depth, where=where)
-        centroids = self.centroids(collection) if self.config.centring else Centroids({}, np.zeros(0, np.float32))
+        centroids = self.centroids(collection) if self.config.centring else Centroids.none()
         queries_c = centroids.centre(vectors, langs)
         out = []
         for q, lang, (hits, chunk_vectors) in zip(queries_c, langs, found, strict=True):
@@ -206,34 +185,22 @@ class HybridRetriever:
     the query a chunk matches, see KeywordIndex.ideal_score), or ``rrf``
     (reciprocal rank fusion with constant ``rrf_k``).
 
-    The keyword index is built from the store's chunk texts on first use and rebuilt when the
-    collection's version changes (checked at most every ``recheck_s`` seconds).
+    The keyword index is a persistent, incremental tantivy index per collection
+    (KeywordIndexes under ``index_dir``), caught up with the store when its version changes.
     """
 
-    def __init__(self, dense: DenseRetriever, store: VectorStore, config: RetrievalConfig) -> None:
+    def __init__(self, dense: DenseRetriever, store: VectorStore, config: RetrievalConfig, *, index_dir: Path) -> None:
         self.dense = dense
         self.store = store
         self.config = config
-        self.keyword_index = PerCollection(store, self._build_index, recheck_s=config.index_recheck_s)
+        self.keyword = KeywordIndexes(store, index_dir)
 
-    def invalidate(self, collection: str) -> None:
-        self.dense.invalidate(collection)
-        self.keyword_index.invalidate(collection)
+    def refresh(self, collection: str) -> None:
+        self.dense.refresh(collection)
+        self.keyword.refresh(collection)
 
-    def _build_index(self, collection: str) -> KeywordIndex:
-        from rag.keyword import KeywordIndex
-
-        ids: list[str] = []
-        texts: list[str] = []
-        languages: list[str | None] = []
-        for page_ids, page_texts, page_languages in self.store.chunks(collection):
-            ids += page_ids
-            texts += page_texts
-            languages += page_languages
-        started = time.perf_counter()
-        index = KeywordIndex.build(ids, texts, languages)
-        log.info("keyword index of %r: %d chunks in %.2f s", collection, len(ids), time.perf_counter() - started)
-        return index
+    def keyword_index(self, collection: str):
+        return self.keyword.get(collection, self.dense.watch(collection))
 
     def retrieve(
         self,
@@ -249,22 +216,29 @@ class HybridRetriever:
         cfg = self.config
         dense = self.dense.retrieve(queries, collection, top_k=top_k, where=where, languages=languages)
         index = self.keyword_index(collection)
-        allowed = index.mask_for(ids=self.store.ids_where(collection, where)) if where else None
+        filter_languages, other_filter = _language_filter(where)
+        # a filter the index cannot apply: take more keyword hits, keep those the store says match
+        depth = top_k if other_filter is None else max(5 * top_k, 100)
         langs = list(languages) if languages is not None else [None] * len(queries)
         keyword: list[list[tuple[str, float]]] = []
         for query, language in zip(queries, langs, strict=True):
+            allowed: Collection[str | None] | None = filter_languages
             if cfg.keyword_scope == "own-language":
-                if language is None:  # unknown query language: no keyword evidence to trust
-                    keyword.append([])
-                    continue
-                mask = index.mask_for(languages=[language])
-                mask = mask if allowed is None else mask & allowed
-            else:
-                mask = allowed
-            found = index.search(query, language=language, top_k=top_k, mask=mask)
+                # unknown query language: no keyword evidence to trust
+                allowed = (
+                    [] if language is None else [lang for lang in [language] if allowed is None or lang in allowed]
+                )
+            if allowed is not None and not allowed:
+                keyword.append([])
+                continue
+            found = index.search(query, language=language, top_k=depth, languages=allowed)
             ideal = index.ideal_score(query, language)
             # share of the query matched, in [0, 1]: one common word shared is a small lift
             keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
+        if other_filter is not None:
+            candidates = sorted({cid for kw in keyword for cid, _ in kw})
+            passing = self.store.filter_ids(collection, candidates, other_filter) if candidates else set()
+            keyword = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in keyword]
         missing = {cid for kw in keyword for cid, _ in kw} - {h.chunk.id for hits in dense for h in hits}
         fetched = {c.id: c for c in self.store.get(collection, sorted(missing))}
         return [self._fuse(d, k, fetched, top_k) for d, k in zip(dense, keyword, strict=True)]
@@ -292,3 +266,18 @@ class HybridRetriever:
                     scores[cid] += cfg.keyword_weight * matched
         ranked = sorted(scores, key=lambda cid: scores[cid], reverse=True)[:top_k]
         return [Hit(chunk=chunks[cid], score=scores[cid], retrieval_score=scores[cid]) for cid in ranked]
+
+
+def _language_filter(where: Where | None) -> tuple[set[str] | None, Where | None]:
+    """(the languages ``where`` allows, if that is all it says; ``where`` itself otherwise)."""
+    if not where:
+        return None, None
+    if set(where) == {"language"}:
+        value = where["language"]
+        if isinstance(value, str):
+            return {value}, None
+        if isinstance(value, dict) and set(value) == {"$eq"} and isinstance(value["$eq"], str):
+            return {value["$eq"]}, None
+        if isinstance(value, dict) and set(value) == {"$in"} and all(isinstance(v, str) for v in value["$in"]):
+            return set(value["$in"]), None
+    return None, where

@@ -5,29 +5,51 @@ Embedded ``PersistentClient`` by default; ``HttpClient`` to a ``chroma run`` ser
 model, dimension, document prompt, chunking), so two embedding spaces or chunkings are never
 mixed in one collection.
 
-Beside each collection ``NAME`` lives ``NAME.manifest``: one record per source file (content
-hash, chunk ids, status), the ingestion job's memory of what it wrote. It lives in Chroma
-rather than a file beside it so that jobs feeding a shared ``chroma run`` server see it too.
+Beside each collection ``NAME`` live:
+- ``NAME.manifest``: one entry per source file (content hash, chunk ids, status, and ``seq``,
+  the collection version at which it last changed), the ingestion job's memory of what it
+  wrote; deleted files stay as "deleted" entries, so that a reader can follow every change since
+  the version it last saw. Beside each entry, a record of the vector sums its chunks add to the
+  centroids; and one state record: the collection's version counter, its document count and the
+  per-language vector sums (rag/centroids.py). Entries, sums and state are upserted in one call,
+  which Chroma applies atomically, so they never disagree. It lives in Chroma rather than in a
+  file so that every process and machine on a shared ``chroma run`` server sees the same.
+- ``NAME.lease`` while an ingestion job writes ``NAME`` (``lease``): creating a collection is the
+  one atomic test-and-set Chroma has (a second create of the same name fails).
+
+Every read and write is paged (``page_size``, within Chroma's batch size and SQLite's variable
+limit), so any collection size works. Embedded Chroma is not safe for two processes (one's writes
+break the other's reads), so the embedded folder is locked by the process that opens it
+(``StoreLock``); a second process gets a ``StoreLockedError`` naming the holder, or is sent to
+the Chroma server the holder runs (``babelrag serve --chroma``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import numpy as np
 
-from rag.config import MANIFEST_SUFFIX, StoreConfig, validate_collection_name
-from rag.errors import CollectionNotFoundError, IndexMismatchError, StoreError
+from rag.centroids import VectorSums
+from rag.config import MANIFEST_SUFFIX, RESERVED_SUFFIXES, StoreConfig, validate_collection_name
+from rag.errors import CollectionNotFoundError, IndexMismatchError, StoreError, StoreLockedError
+from rag.locks import Lease, StoreLock
 from rag.types import Chunk, Hit
+
+log = logging.getLogger(__name__)
 
 Where = Mapping[str, Any]
 Fingerprint = Mapping[str, str | int]  # index settings: {"embedding_model": ..., "dimension": 384, ...}
+
+STATE_ID = "__state__"  # the state record's id in NAME.manifest (entry ids are sha256 hex)
+PAGE_SIZE = 4000  # ids per get/delete: SQLite allows 32,766 variables, Chroma ~5,461 records per write
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +69,48 @@ class ManifestEntry:
     source: str
     content_hash: str
     chunk_ids: tuple[str, ...]
-    status: Literal["writing", "done"]  # "writing": a job started on it and has not finished
+    # "writing": a job started on it and has not finished; "deleted": gone, kept as a change
+    status: Literal["writing", "done", "deleted"]
     language: str | None = None
     title: str | None = None
     pages: int | None = None
     updated_at: float = 0.0  # unix time
+    seq: int = 0  # the collection version at which this entry last became done or deleted
 
     @property
     def done(self) -> bool:
         return self.status == "done"
 
 
+@dataclass(frozen=True, slots=True)
+class CollectionState:
+    """What changes with every write: a version counter, the document count, the centroid sums."""
+
+    version: int
+    documents: int
+    sums: VectorSums
+    collection_id: str = ""  # Chroma's id of the chunks collection: a recreated one has another
+
+    def advanced(self, *, documents: int = 0, add: VectorSums | None = None, remove: VectorSums | None = None):
+        sums = VectorSums()
+        sums += self.sums
+        if add is not None:
+            sums += add
+        if remove is not None:
+            sums -= remove
+        return replace(self, version=self.version + 1, documents=self.documents + documents, sums=sums)
+
+
 @runtime_checkable
 class VectorStore(Protocol):
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Which store this is, the same from every process that uses it (for local caches)."""
+        ...
+
     def collections(self) -> list[CollectionInfo]: ...
 
     def ensure_collection(self, name: str, *, fingerprint: Fingerprint, reindex: bool = False) -> bool:
@@ -69,11 +120,36 @@ class VectorStore(Protocol):
 
     def delete_collection(self, name: str) -> None: ...
 
-    def manifest(self, name: str) -> dict[str, ManifestEntry]: ...
+    def require(self, name: str) -> None:
+        """CollectionNotFoundError unless ``name`` exists (cheap: a cached handle)."""
+        ...
 
-    def put_manifest(self, name: str, entries: Sequence[ManifestEntry]) -> None: ...
+    def manifest(self, name: str) -> dict[str, ManifestEntry]:
+        """The live entries (writing or done) by source."""
+        ...
 
-    def delete_manifest(self, name: str, sources: Iterable[str]) -> None: ...
+    def entries(self, name: str, sources: Sequence[str]) -> dict[str, ManifestEntry]:
+        """The entries (of any status) of these sources, where there are some."""
+        ...
+
+    def changes(self, name: str, since: int) -> list[ManifestEntry]:
+        """Entries (done or deleted) that changed after version ``since``."""
+        ...
+
+    def sums(self, name: str, sources: Sequence[str]) -> dict[str, VectorSums]:
+        """The vector sums counted in the centroids for each of these sources, where recorded."""
+        ...
+
+    def state(self, name: str) -> CollectionState | None:
+        """The collection's state record; None for a collection written before states existed."""
+        ...
+
+    def put_manifest(
+        self, name: str, entries: Sequence[ManifestEntry], *, sums: Mapping[str, VectorSums] | None = None,
+        state: CollectionState | None = None,
+    ) -> None:  # fmt: skip
+        """Write ``entries``, the ``sums`` of their sources and ``state`` in one atomic call."""
+        ...
 
     def info(self, name: str) -> CollectionInfo: ...
 
@@ -95,23 +171,32 @@ class VectorStore(Protocol):
         """``query``, plus the stored vector of each hit (one row per hit)."""
         ...
 
-    def vectors(self, name: str, *, limit: int) -> tuple[list[str | None], np.ndarray]:
-        """Languages and vectors of up to ``limit`` chunks (e.g. for per-language centroids)."""
+    def vectors(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[str | None], np.ndarray]:
+        """Ids found, their languages and stored vectors (unknown ids are left out)."""
         ...
 
-    def chunks(self, name: str) -> Iterator[tuple[list[str], list[str], list[str | None]]]:
-        """Every chunk as pages of (ids, texts, languages), e.g. to build a keyword index."""
+    def scan_vectors(self, name: str) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+        """Every chunk's source, language and vector, a page at a time."""
         ...
 
     def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
         """The chunks with these ids, in the order given; unknown ids are left out."""
         ...
 
-    def ids_where(self, name: str, where: Where) -> set[str]: ...
+    def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:
+        """Those of ``ids`` whose chunks match ``where``."""
+        ...
 
     def version(self, name: str) -> str:
         """Changes whenever the collection's content does (a cache key for derived indexes)."""
         ...
+
+    def lease(self, name: str, *, job: str, ttl_s: float, wait_s: float = 0) -> Lease:
+        """Hold ``name``'s ingestion lease until the returned Lease is released."""
+        ...
+
+
+# -- the store ---------------------------------------------------------------------------
 
 
 class ChromaStore:
@@ -120,11 +205,30 @@ class ChromaStore:
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config or StoreConfig()
         self._client = None
+        self._url = self.config.url  # a server URL, set or found in the embedded store's lock
+        self._lock: StoreLock | None = None
         self._opening = threading.Lock()
+        self._handles: dict[str, Any] = {}  # collection name -> Chroma handle
 
     @property
     def location(self) -> str:
-        return self.config.url or f"embedded Chroma at {self.config.path}"
+        return f"Chroma server {self._url}" if self._url else f"embedded Chroma at {self.config.path}"
+
+    @property
+    def key(self) -> str:
+        """Which store this is, the same from every process that uses it (for local caches)."""
+        self.warm_up()
+        return f"server {self._url}" if self._url else f"embedded {self.config.path.resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return self._url is None
+
+    @property
+    def lock(self) -> StoreLock | None:
+        """This process's lock on the embedded store (None in server mode)."""
+        self.warm_up()
+        return self._lock
 
     @property
     def client(self):
@@ -143,11 +247,19 @@ class ChromaStore:
         import chromadb
 
         settings = chromadb.Settings(anonymized_telemetry=False)
+        if self._url is None:
+            try:
+                self._lock = StoreLock.acquire(self.config.path)
+            except StoreLockedError as e:
+                if not e.holder.get("chroma_url"):
+                    raise
+                self._url = e.holder["chroma_url"]  # the holder serves it: use its Chroma server
+                log.info("embedded store %s is served by %s: using it", self.config.path, self._url)
         try:
-            if self.config.url:
-                url = urlparse(self.config.url)
+            if self._url:
+                url = urlparse(self._url)
                 if url.scheme not in ("http", "https") or not url.hostname:
-                    raise StoreError(f"store.url must look like http://host:port, got {self.config.url!r}")
+                    raise StoreError(f"store.url must look like http://host:port, got {self._url!r}")
                 client = chromadb.HttpClient(
                     host=url.hostname,
                     port=url.port or (443 if url.scheme == "https" else 8000),
@@ -159,40 +271,76 @@ class ChromaStore:
                 self.config.path.mkdir(parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(path=str(self.config.path), settings=settings)
         except StoreError:
+            self.close()
             raise
         except Exception as e:
+            self.close()
             raise StoreError(
                 f"cannot open {self.location}: {e}. Start the server (`chroma run --path DIR --port PORT`) "
                 "or unset store.url / BABELRAG_STORE_URL to use the embedded store"
             ) from e
         self._client = client
 
+    def close(self) -> None:
+        """Let go of the store (and of the embedded store's lock, for other processes)."""
+        self._client = None
+        self._handles.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._url = self.config.url
+
+    @property
+    def page_size(self) -> int:
+        return min(PAGE_SIZE, self.client.get_max_batch_size())
+
     # -- collections -------------------------------------------------------------------
 
-    def _collection(self, name: str):
+    def _collection(self, name: str, *, fresh: bool = False):
+        if not fresh and name in self._handles:
+            return self._handles[name]
         import chromadb.errors
 
         try:
-            return self.client.get_collection(validate_collection_name(name), embedding_function=None)
+            handle = self.client.get_collection(validate_collection_name(name), embedding_function=None)
         except ValueError as e:
             raise StoreError(str(e)) from e
         except chromadb.errors.NotFoundError:
+            self._handles.pop(name, None)
             existing = ", ".join(c.name for c in self.collections()) or "none"
             raise CollectionNotFoundError(
                 f"collection {name!r} does not exist in {self.location} (existing: {existing}); "
                 f"create it with `babelrag ingest PATH -c {name}`"
             ) from None
+        self._handles[name] = handle
+        return handle
+
+    def _call(self, name: str, op: str, *args: Any, manifest: bool = False, **kwargs: Any) -> Any:
+        """``handle.op(...)`` on the cached handle of ``name`` (or its manifest); once more with
+        a fresh handle if the collection was dropped and recreated (by another process) since."""
+        import chromadb.errors
+
+        get = self._manifest_collection if manifest else self._collection
+        try:
+            return getattr(get(name), op)(*args, **kwargs)
+        except chromadb.errors.NotFoundError:
+            self._handles.pop(name + MANIFEST_SUFFIX if manifest else name, None)
+            return getattr(get(name, fresh=True), op)(*args, **kwargs)
+
+    def require(self, name: str) -> None:
+        self._collection(name)
 
     def collections(self) -> list[CollectionInfo]:
-        return [self._info(c) for c in self.client.list_collections() if not c.name.endswith(MANIFEST_SUFFIX)]
+        return [self._info(c) for c in self.client.list_collections() if not c.name.endswith(RESERVED_SUFFIXES)]
 
     def info(self, name: str) -> CollectionInfo:
-        return self._info(self._collection(name))
+        return self._info(self._collection(name, fresh=True))
 
     def _info(self, collection) -> CollectionInfo:
         meta = collection.metadata or {}
         try:
-            documents = self._manifest_collection(collection.name).count()
+            state = self.state(collection.name)
+            documents = state.documents if state is not None else self._count_live_entries(collection.name)
         except StoreError:  # a collection written before manifests existed
             documents = None
         return CollectionInfo(
@@ -203,6 +351,9 @@ class ChromaStore:
             fingerprint={k: v for k, v in meta.items() if k != "hnsw:space"},
             documents=documents,
         )
+
+    def _count_live_entries(self, name: str) -> int:
+        return len(self.manifest(name))
 
     def ensure_collection(self, name: str, *, fingerprint: Fingerprint, reindex: bool = False) -> bool:
         import chromadb.errors
@@ -221,6 +372,7 @@ class ChromaStore:
         if existing is not None:
             built = {k: v for k, v in (existing.metadata or {}).items() if k != "hnsw:space"}
             if built == wanted and not reindex:
+                self._handles[name] = existing
                 self._manifest_collection(name, create=True)
                 return False
             if built != wanted and not reindex:
@@ -231,96 +383,158 @@ class ChromaStore:
                     "put two embedding spaces in one index. Re-run with --reindex to rebuild it from the "
                     "files you pass, or ingest into a new collection (-c NAME)"
                 )
-            self.delete_collection(name)
-        self.client.create_collection(
+            self._drop(name)
+        self._handles[name] = self.client.create_collection(
             name, configuration={"hnsw": {"space": "cosine"}}, metadata=wanted, embedding_function=None
         )
-        self._manifest_collection(name, create=True)
+        self._manifest_collection(name, create=True).upsert(
+            **_batch([_state_record(CollectionState(0, 0, VectorSums()))])
+        )
         return True
 
     def delete_collection(self, name: str) -> None:
+        self._drop(name)
+
+    def _drop(self, name: str) -> None:
         import chromadb.errors
 
         for n in (name, name + MANIFEST_SUFFIX):
+            self._handles.pop(n, None)
             try:
                 self.client.delete_collection(n)
             except (chromadb.errors.NotFoundError, ValueError):
                 pass
 
-    # -- manifest ----------------------------------------------------------------------
+    def lease(self, name: str, *, job: str, ttl_s: float, wait_s: float = 0) -> Lease:
+        validate_collection_name(name)
+        return Lease(self, name, job=job, ttl_s=ttl_s).acquire(wait_s)
 
-    def _manifest_collection(self, name: str, *, create: bool = False):
+    # -- manifest and state -------------------------------------------------------------
+
+    def _manifest_collection(self, name: str, *, create: bool = False, fresh: bool = False):
+        key = name + MANIFEST_SUFFIX
         if create:
-            return self.client.get_or_create_collection(name + MANIFEST_SUFFIX, embedding_function=None)
+            handle = self._handles[key] = self.client.get_or_create_collection(key, embedding_function=None)
+            return handle
+        if not fresh and key in self._handles:
+            return self._handles[key]
         import chromadb.errors
 
         try:
-            return self.client.get_collection(name + MANIFEST_SUFFIX, embedding_function=None)
+            handle = self.client.get_collection(key, embedding_function=None)
         except chromadb.errors.NotFoundError:
             self._collection(name)  # names the missing collection if that is the problem
             raise StoreError(
                 f"collection {name!r} has no manifest (written by an older BabelRAG); "
                 f"rebuild it with `babelrag ingest PATH -c {name} --reindex`"
             ) from None
+        self._handles[key] = handle
+        return handle
+
+    def _entries(self, name: str, where: Where) -> Iterator[ManifestEntry]:
+        """Manifest entries a page at a time. Offsets are stable: records are never deleted
+        (a deleted file's entry stays, as "deleted"), only updated in place or appended."""
+        offset = 0
+        size = self.page_size
+        while True:
+            page = self._call(
+                name, "get", manifest=True, where=dict(where), include=["documents", "metadatas"], limit=size,
+                offset=offset,
+            )  # fmt: skip
+            for doc, meta in zip(page["documents"], page["metadatas"], strict=True):
+                yield _entry_of(doc, meta or {})
+            if len(page["ids"]) < size:
+                return
+            offset += len(page["ids"])
 
     def manifest(self, name: str) -> dict[str, ManifestEntry]:
-        got = self._manifest_collection(name).get(include=["documents", "metadatas"])
-        entries = {}
-        for doc, meta in zip(got["documents"], got["metadatas"], strict=True):
-            entry = ManifestEntry(
-                source=str(meta["source"]),
-                content_hash=str(meta["content_hash"]),
-                chunk_ids=tuple(json.loads(doc)),
-                status="done" if meta.get("status") == "done" else "writing",
-                language=meta.get("language"),
-                title=meta.get("title"),
-                pages=meta.get("pages"),
-                updated_at=float(meta.get("updated_at", 0.0)),
-            )
-            entries[entry.source] = entry
-        return entries
+        return {e.source: e for e in self._entries(name, _ENTRIES) if e.status != "deleted"}
 
-    def put_manifest(self, name: str, entries: Sequence[ManifestEntry]) -> None:
-        if not entries:
-            return
-        self._manifest_collection(name).upsert(
-            ids=[_source_id(e.source) for e in entries],
-            embeddings=np.ones((len(entries), 1), dtype=np.float32),  # Chroma wants one; never queried
-            documents=[json.dumps(list(e.chunk_ids)) for e in entries],
-            metadatas=[_manifest_metadata(e) for e in entries],
+    def entries(self, name: str, sources: Sequence[str]) -> dict[str, ManifestEntry]:
+        found: dict[str, ManifestEntry] = {}
+        for page in self._pages([_source_id(s) for s in sources]):
+            got = self._call(name, "get", manifest=True, ids=list(page), include=["documents", "metadatas"])
+            for doc, meta in zip(got["documents"], got["metadatas"], strict=True):
+                entry = _entry_of(doc, meta or {})
+                found[entry.source] = entry
+        return found
+
+    def changes(self, name: str, since: int) -> list[ManifestEntry]:
+        return list(self._entries(name, {"seq": {"$gt": int(since)}}))
+
+    def sums(self, name: str, sources: Sequence[str]) -> dict[str, VectorSums]:
+        found: dict[str, VectorSums] = {}
+        for page in self._pages([_sums_id(s) for s in sources]):
+            got = self._call(name, "get", manifest=True, ids=list(page), include=["documents", "metadatas"])
+            for doc, meta in zip(got["documents"], got["metadatas"], strict=True):
+                found[str(meta["source"])] = VectorSums.from_json(json.loads(doc))
+        return found
+
+    def state(self, name: str) -> CollectionState | None:
+        got = self._call(name, "get", manifest=True, ids=[STATE_ID], include=["documents"])
+        if not got["ids"]:
+            return None
+        data = json.loads(got["documents"][0])
+        return CollectionState(
+            version=int(data["version"]),
+            documents=int(data["documents"]),
+            sums=VectorSums.from_json(data["sums"]),
+            collection_id=str(self._collection(name).id),
         )
 
-    def delete_manifest(self, name: str, sources: Iterable[str]) -> None:
-        ids = [_source_id(s) for s in sources]
-        if ids:
-            self._manifest_collection(name).delete(ids=ids)
+    def put_manifest(
+        self, name: str, entries: Sequence[ManifestEntry], *, sums: Mapping[str, VectorSums] | None = None,
+        state: CollectionState | None = None,
+    ) -> None:  # fmt: skip
+        records = [_entry_record(e) for e in entries] + [_sums_record(s, v) for s, v in (sums or {}).items()]
+        # One upsert is atomic in Chroma: all records go together. More than a write takes (only
+        # a whole-collection migration has that many) go a page at a time, the state last.
+        size = self.page_size - 1
+        pages = [records[i : i + size] for i in range(0, len(records), size)] or [[]]
+        for i, page in enumerate(pages):
+            if state is not None and i == len(pages) - 1:
+                page = [*page, _state_record(state)]
+            if page:
+                self._call(name, "upsert", manifest=True, **_batch(page))
 
     # -- chunks ------------------------------------------------------------------------
+
+    def _pages(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        size = self.page_size
+        for i in range(0, len(items), size):
+            yield items[i : i + size]
 
     def upsert(self, name: str, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
         if len(chunks) != len(embeddings):
             raise StoreError(f"upsert needs one embedding per chunk, got {len(embeddings)} for {len(chunks)}")
-        if not chunks:
-            return
-        self._collection(name).upsert(
-            ids=[c.id for c in chunks],
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=[c.text for c in chunks],
-            metadatas=[_metadata(c) for c in chunks],
-        )
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        size = self.page_size
+        for i in range(0, len(chunks), size):
+            page = chunks[i : i + size]
+            self._call(
+                name, "upsert", ids=[c.id for c in page], embeddings=embeddings[i : i + size],
+                documents=[c.text for c in page], metadatas=[_metadata(c) for c in page],
+            )  # fmt: skip
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        return set(self._collection(name).get(ids=list(ids), include=[])["ids"])
+        found: set[str] = set()
+        for page in self._pages(list(ids)):
+            found.update(self._call(name, "get", ids=list(page), include=[])["ids"])
+        return found
 
     def chunk_ids_of_source(self, name: str, source: str) -> set[str]:
-        return set(self._collection(name).get(where={"source": source}, include=[])["ids"])
+        found: set[str] = set()
+        size, offset = self.page_size, 0
+        while True:
+            page = self._call(name, "get", where={"source": source}, include=[], limit=size, offset=offset)["ids"]
+            found.update(page)
+            if len(page) < size:
+                return found
+            offset += len(page)
 
     def delete(self, name: str, ids: Iterable[str]) -> None:
-        ids = list(ids)
-        if ids:
-            self._collection(name).delete(ids=ids)
+        for page in self._pages(list(ids)):
+            self._call(name, "delete", ids=list(page))
 
     def query(self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None) -> list[list[Hit]]:
         return [hits for hits, _ in self._query(name, embeddings, top_k=top_k, where=where, vectors=False)]
@@ -338,12 +552,12 @@ class ChromaStore:
             queries = queries.reshape(1, -1)
         if not len(queries):
             return []
-        collection = self._collection(name)
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if vectors else [])
         try:
-            result = collection.query(
-                query_embeddings=queries, n_results=top_k, where=dict(where) if where else None, include=include
-            )
+            result = self._call(
+                name, "query", query_embeddings=queries, n_results=top_k, where=dict(where) if where else None,
+                include=include,
+            )  # fmt: skip
         except ValueError as e:
             raise StoreError(f"query on collection {name!r} failed: {e}") from e
         out = []
@@ -360,65 +574,116 @@ class ChromaStore:
             out.append((hits, found))
         return out
 
-    def vectors(self, name: str, *, limit: int) -> tuple[list[str | None], np.ndarray]:
-        got = self._collection(name).get(include=["embeddings", "metadatas"], limit=limit)
-        languages = [(m or {}).get("language") for m in got["metadatas"]]
-        return languages, np.asarray(got["embeddings"], dtype=np.float32).reshape(len(languages), -1)
+    def vectors(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[str | None], np.ndarray]:
+        found: list[str] = []
+        languages: list[str | None] = []
+        rows: list[np.ndarray] = []
+        for page in self._pages(list(ids)):
+            got = self._call(name, "get", ids=list(page), include=["embeddings", "metadatas"])
+            found += got["ids"]
+            languages += [(m or {}).get("language") for m in got["metadatas"]]
+            rows.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(len(got["ids"]), -1))
+        return found, languages, np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
-    def chunks(self, name: str, *, batch: int = 2000) -> Iterator[tuple[list[str], list[str], list[str | None]]]:
-        """Every chunk of ``name`` as (ids, texts, languages) pages, for building a keyword index."""
-        collection = self._collection(name)
-        offset = 0
+    def scan_vectors(self, name: str) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+        size, offset = self.page_size, 0
         while True:
-            page = collection.get(include=["documents", "metadatas"], limit=batch, offset=offset)
-            if not page["ids"]:
+            got = self._call(name, "get", include=["embeddings", "metadatas"], limit=size, offset=offset)
+            if got["ids"]:
+                metas = [m or {} for m in got["metadatas"]]
+                yield (
+                    [str(m.get("source")) for m in metas],
+                    [m.get("language") for m in metas],
+                    np.asarray(got["embeddings"], dtype=np.float32).reshape(len(metas), -1),
+                )
+            if len(got["ids"]) < size:
                 return
-            yield (
-                list(page["ids"]),
-                [d or "" for d in page["documents"]],
-                [(m or {}).get("language") for m in page["metadatas"]],
-            )
-            offset += len(page["ids"])
+            offset += len(got["ids"])
 
     def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
-        if not ids:
-            return []
-        got = self._collection(name).get(ids=list(ids), include=["documents", "metadatas"])
-        by_id = {
-            id_: _chunk(id_, text or "", meta or {})
-            for id_, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
-        }
+        by_id: dict[str, Chunk] = {}
+        for page in self._pages(list(ids)):
+            got = self._call(name, "get", ids=list(page), include=["documents", "metadatas"])
+            for id_, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                by_id[id_] = _chunk(id_, text or "", meta or {})
         return [by_id[i] for i in ids if i in by_id]
 
-    def ids_where(self, name: str, where: Where) -> set[str]:
+    def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:
+        found: set[str] = set()
         try:
-            return set(self._collection(name).get(where=dict(where), include=[])["ids"])
+            for page in self._pages(list(ids)):
+                found.update(self._call(name, "get", ids=list(page), where=dict(where), include=[])["ids"])
         except ValueError as e:
             raise StoreError(f"filter {dict(where)!r} on collection {name!r} failed: {e}") from e
+        return found
 
     def version(self, name: str) -> str:
-        count = self._collection(name).count()
-        try:
-            metas = self._manifest_collection(name).get(include=["metadatas"])["metadatas"]
-        except StoreError:
-            metas = []
-        rows = sorted(
-            f"{m.get('source')}|{m.get('content_hash')}|{m.get('status')}|{m.get('updated_at')}" for m in metas
-        )
-        return hashlib.sha256(f"{count}\n{chr(10).join(rows)}".encode()).hexdigest()[:16]
+        got = self._call(name, "get", manifest=True, ids=[STATE_ID], include=["metadatas"])
+        if got["ids"]:
+            return f"{self._collection(name).id}:{got['metadatas'][0]['version']}"
+        # a collection written before states existed: its count and manifest, read whole
+        rows = sorted(f"{e.source}|{e.content_hash}|{e.status}|{e.updated_at}" for e in self.manifest(name).values())
+        count = self._call(name, "count")
+        return "legacy:" + hashlib.sha256(f"{count}\n{chr(10).join(rows)}".encode()).hexdigest()[:16]
+
+
+_ENTRIES = {"kind": {"$nin": ["sums", "state"]}}  # entries; those written before kinds existed have none
+
+
+def _batch(records: Sequence[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "ids": [r[0] for r in records],
+        "embeddings": np.ones((len(records), 1), dtype=np.float32),  # Chroma wants one; never queried
+        "documents": [r[1] for r in records],
+        "metadatas": [r[2] for r in records],
+    }
 
 
 def _source_id(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
+def _sums_id(source: str) -> str:
+    return "sums-" + _source_id(source)
+
+
+def _entry_record(entry: ManifestEntry) -> tuple[str, str, dict[str, Any]]:
+    return _source_id(entry.source), json.dumps(list(entry.chunk_ids)), _manifest_metadata(entry)
+
+
+def _sums_record(source: str, sums: VectorSums) -> tuple[str, str, dict[str, Any]]:
+    return _sums_id(source), json.dumps(sums.to_json()), {"kind": "sums", "source": source}
+
+
+def _state_record(state: CollectionState) -> tuple[str, str, dict[str, Any]]:
+    data = {"version": state.version, "documents": state.documents, "sums": state.sums.to_json()}
+    return STATE_ID, json.dumps(data), {"kind": "state", "version": state.version}
+
+
+def _entry_of(document: str, meta: Mapping[str, Any]) -> ManifestEntry:
+    status = meta.get("status")
+    return ManifestEntry(
+        source=str(meta["source"]),
+        content_hash=str(meta["content_hash"]),
+        chunk_ids=tuple(json.loads(document)),
+        status=status if status in ("done", "deleted") else "writing",
+        language=meta.get("language"),
+        title=meta.get("title"),
+        pages=meta.get("pages"),
+        updated_at=float(meta.get("updated_at", 0.0)),
+        seq=int(meta.get("seq", 0)),
+    )
+
+
 def _manifest_metadata(entry: ManifestEntry) -> dict[str, Any]:
     meta: dict[str, Any] = {
+        "kind": "entry",
         "source": entry.source,
         "content_hash": entry.content_hash,
         "status": entry.status,
         "chunks": len(entry.chunk_ids),
         "updated_at": entry.updated_at,
+        "seq": entry.seq,
     }
     for key in ("language", "title", "pages"):
         value = getattr(entry, key)

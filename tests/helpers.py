@@ -141,3 +141,24 @@ class FakeLLM:
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.closed_early += 1
+
+
+def store_chunks(store, collection: str, chunks, vectors) -> None:
+    """Write ``chunks`` (grouped into documents by source) with their vectors the way an ingestion
+    job does: manifest entries, centroid sums and state included, so derived indexes see them."""
+    import numpy as np
+
+    from ingestion.job import write_documents
+    from rag.store import ManifestEntry
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    by_source: dict[str, list[int]] = {}
+    for i, c in enumerate(chunks):
+        by_source.setdefault(c.source, []).append(i)
+    documents = []
+    for source, rows in by_source.items():
+        own = [chunks[i] for i in rows]
+        entry = ManifestEntry(source=source, content_hash="test", chunk_ids=tuple(c.id for c in own), status="done",
+                              language=own[0].language)  # fmt: skip
+        documents.append((entry, own, vectors[rows]))
+    write_documents(store, collection, documents)

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from rag.errors import StoreError
@@ -52,14 +51,11 @@ FILLER = {
 
 
 @pytest.fixture(scope="module")
-def index() -> KeywordIndex:
+def index(tmp_path_factory) -> KeywordIndex:
     ids = [f"fact-{lang}" for lang in FACTS] + [f"filler-{lang}" for lang in FILLER]
     texts = [text for text, _ in FACTS.values()] + list(FILLER.values())
     languages = list(FACTS) + list(FILLER)
-    return KeywordIndex.build(ids, texts, languages)
-
-
-# --- tokenize ---------------------------------------------------------------------------
+    return KeywordIndex.build(tmp_path_factory.mktemp("kw"), ids, texts, languages)
 
 
 def test_english_words_are_casefolded_and_lose_function_words():
@@ -140,19 +136,14 @@ def test_chinese_query_finds_the_chinese_phrase(index):
     assert index.search("埃菲尔铁塔", language="zh", top_k=3)[0][0] == "fact-zh"
 
 
-def test_mask_restricts_results_to_one_language(index):
-    # "330" and "1889" occur in every fact: without a mask all eight languages match
-    assert len(index.search("330 1889", language=None, top_k=20)) == len(FACTS)
-    mask = index.mask_for(languages=["de"])
-    assert [hit for hit, _ in index.search("330 1889", language=None, top_k=20, mask=mask)] == ["fact-de"]
-
-
-def test_mask_for_ids_and_languages(index):
-    mask = index.mask_for(languages=["en", "de"], ids=["fact-en", "filler-en", "fact-zh", "unknown"])
-    assert mask.dtype == bool and mask.shape == (len(index),)
-    chosen = index.search("330 museum", language="en", top_k=20, mask=mask)
-    assert sorted(hit for hit, _ in chosen) == ["fact-en", "filler-en"]
-    assert index.mask_for().all()
+def test_languages_restrict_results_without_changing_scores(index):
+    # "330" and "1889" occur in every fact: without a filter all eight languages match
+    every = dict(index.search("330 1889", language=None, top_k=20))
+    assert len(every) == len(FACTS)
+    (only,) = index.search("330 1889", language=None, top_k=20, languages=["de"])
+    assert only == ("fact-de", every["fact-de"])  # a filter, not another scoring
+    both = index.search("330 museum", language="en", top_k=20, languages=["en", "de"])
+    assert {hit for hit, _ in both} == {"fact-en", "fact-de", "filler-en", "filler-de"}  # "Museum" too
 
 
 def test_top_k_larger_than_the_index(index):
@@ -169,59 +160,76 @@ def test_query_without_known_terms_finds_nothing(index, query):
     assert index.search(query, language="en", top_k=5) == []
 
 
-def test_bad_mask_and_top_k_are_refused(index):
-    with pytest.raises(ValueError, match="mask"):
-        index.search("330", language=None, top_k=5, mask=np.ones(3, dtype=bool))
+def test_bad_top_k_is_refused(index):
     with pytest.raises(ValueError, match="top_k"):
         index.search("330", language=None, top_k=0)
 
 
-def test_build_refuses_duplicate_ids_and_ragged_input():
+def test_ideal_score_is_what_a_chunk_holding_every_term_once_scores(index):
+    # the German fact holds "eiffelturm", "paris" and "hoch" once each and is of about average length
+    (hit,) = index.search("Wie hoch ist der Eiffelturm in Paris?", language="de", top_k=1, languages=["de"])
+    ideal = index.ideal_score("Wie hoch ist der Eiffelturm in Paris?", "de")
+    assert 0.7 < hit[1] / ideal < 1.3
+    assert index.ideal_score("the of and", "en") == 0.0
+
+
+def test_build_refuses_duplicate_ids_and_ragged_input(tmp_path):
     with pytest.raises(ValueError, match="unique"):
-        KeywordIndex.build(["a", "a"], ["one", "two"], ["en", "en"])
+        KeywordIndex.build(tmp_path / "a", ["a", "a"], ["one", "two"], ["en", "en"])
     with pytest.raises(ValueError, match="parallel"):
-        KeywordIndex.build(["a"], ["one", "two"], ["en", "en"])
+        KeywordIndex.build(tmp_path / "b", ["a"], ["one", "two"], ["en", "en"])
 
 
 def test_index_without_any_term_finds_nothing(tmp_path):
-    empty = KeywordIndex.build([], [], [])
-    blank = KeywordIndex.build(["a", "b"], ["", "the"], ["en", None])
+    empty = KeywordIndex.build(tmp_path / "empty", [], [], [])
+    blank = KeywordIndex.build(tmp_path / "blank", ["a", "b"], ["", "the"], ["en", None])
     assert len(empty) == 0 and len(blank) == 2
     assert blank.search("anything", language="en", top_k=3) == []
-    blank.save(tmp_path / "kw")
-    assert len(KeywordIndex.load(tmp_path / "kw")) == 2
+    assert empty.ideal_score("anything", "en") == 0.0
 
 
-def test_save_and_load_give_identical_results(index, tmp_path):
-    path = tmp_path / "keyword"
-    index.save(path)
-    loaded = KeywordIndex.load(path)
-    assert len(loaded) == len(index)
+def test_an_index_reopened_from_its_folder_gives_identical_results(index):
+    reopened = KeywordIndex.open(index.path)
+    assert len(reopened) == len(index)
     for language, (_, question) in FACTS.items():
-        assert loaded.search(question, language=language, top_k=10) == index.search(
+        assert reopened.search(question, language=language, top_k=10) == index.search(
             question, language=language, top_k=10
         )
-    assert loaded.mask_for(languages=["ja"]).tolist() == index.mask_for(languages=["ja"]).tolist()
 
 
-def test_save_replaces_an_existing_index_and_leaves_no_temporary_files(tmp_path):
-    path = tmp_path / "keyword"
-    KeywordIndex.build(["old"], ["first version"], ["en"]).save(path)
-    KeywordIndex.build(["new"], ["second version"], ["en"]).save(path)
-    assert KeywordIndex.load(path).search("version", language="en", top_k=5)[0][0] == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["keyword"]
+def test_writes_are_incremental_and_seen_by_another_reader_after_reload(tmp_path):
+    index = KeywordIndex.build(tmp_path / "kw", ["a#0", "b#0"], ["Eiffelturm Paris", "Zahnrad gebrochen"], ["de", "de"],
+                               sources=["a", "b"])  # fmt: skip
+    reader = KeywordIndex.open(tmp_path / "kw")  # e.g. another process
+    with index.writing() as writer:
+        writer.delete_sources(["a"])
+        writer.add(["c#0"], ["Zahnrad Getriebe"], ["de"], ["c"])
+    assert sorted(h for h, _ in index.search("Zahnrad Eiffelturm", language="de", top_k=5)) == ["b#0", "c#0"]
+    assert len(reader) == 2 and reader.search("Getriebe", language="de", top_k=5) == []
+    reader.reload()
+    assert [h for h, _ in reader.search("Getriebe", language="de", top_k=5)] == ["c#0"]
 
 
-def test_unicode_ids_survive_a_round_trip(tmp_path):
+def test_a_failed_write_changes_nothing(tmp_path):
+    index = KeywordIndex.build(tmp_path / "kw", ["a#0"], ["Eiffelturm"], ["de"], sources=["a"])
+    with pytest.raises(RuntimeError), index.writing() as writer:
+        writer.delete_sources(["a"])
+        raise RuntimeError("crash in the middle")
+    assert [h for h, _ in KeywordIndex.open(tmp_path / "kw").search("Eiffelturm", language="de", top_k=5)] == ["a#0"]
+
+
+def test_unicode_ids_and_sources(tmp_path):
     ids = ["文書/第1章#0", "Straße.md#2", "तथ्य-१"]
-    built = KeywordIndex.build(ids, ["埃菲尔铁塔", "Eiffelturm", "एफ़िल टॉवर"], ["zh", "de", "hi"])
-    built.save(tmp_path / "kw")
-    loaded = KeywordIndex.load(tmp_path / "kw")
-    assert loaded.search("铁塔", language="zh", top_k=3)[0][0] == "文書/第1章#0"
-    assert loaded.search("टॉवर", language="hi", top_k=3)[0][0] == "तथ्य-१"
-    assert loaded.mask_for(ids=["Straße.md#2"]).tolist() == [False, True, False]
+    built = KeywordIndex.build(tmp_path / "kw", ids, ["埃菲尔铁塔", "Eiffelturm", "एफ़िल टॉवर"], ["zh", "de", "hi"],
+                               sources=["文書/第1章", "Straße.md", "तथ्य"])  # fmt: skip
+    assert built.search("铁塔", language="zh", top_k=3)[0][0] == "文書/第1章#0"
+    assert built.search("टॉवर", language="hi", top_k=3)[0][0] == "तथ्य-१"
+    with built.writing() as writer:
+        writer.delete_sources(["Straße.md"])
+    assert built.search("Eiffelturm", language="de", top_k=3) == []
 
 
-def test_loading_a_folder_without_an_index_says_what_to_do(tmp_path):
-    with pytest.raises(StoreError, match="rebuild the index"):
-        KeywordIndex.load(tmp_path)
+def test_a_broken_folder_says_what_to_do(tmp_path):
+    (tmp_path / "meta.json").write_text("{not json", "utf-8")
+    with pytest.raises(StoreError, match="delete that folder"):
+        KeywordIndex.open(tmp_path)
