@@ -39,7 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,14 @@ class IngestReport:
         d["ok"] = self.ok
         d["chunks_per_s"] = round(self.chunks_written / self.seconds, 2) if self.seconds else None
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IngestReport:
+        """The report ``to_dict`` made (e.g. sent back by a server that ran the job)."""
+        issues = {"failed", "warnings"}
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and k not in issues}
+        return cls(**values, **{k: [FileIssue(**i) for i in data.get(k, [])] for k in issues})
 
     def save(self, path: str | Path) -> Path:
         """Write the report as JSON (atomically) and return its path."""

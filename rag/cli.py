@@ -5,6 +5,7 @@ Expected failures (BabelRAGError) print one line and exit 1; usage errors exit 2
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import time
@@ -65,18 +66,25 @@ def ingest(
     report_path: Annotated[
         Path | None, typer.Option("--report", help="JSON report path (default: ingestion.report_dir).")
     ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", help="Seconds to wait while another job writes the collection (default: fail at once)."),
+    ] = None,
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Ingest files into a knowledge base: new files added, changed ones replaced, unchanged skipped.
 
+    When the embedded store is in use by a running `babelrag serve`, the job is handed to it.
     Exit status: 0 when every file was ingested, 1 when any failed (the rest are ingested;
     the console table and the JSON report list each failure with its reason).
     """
     settings = _settings(config, store={"collection": collection, "url": chroma_url})
     rag = _pipeline(settings)
     with _ingest_progress() as progress:
-        report = rag.ingest(paths, settings.store.collection, prune=prune, reindex=reindex, progress=progress)
+        report = rag.ingest(
+            paths, settings.store.collection, prune=prune, reindex=reindex, progress=progress, lease_wait_s=wait
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     saved = report.save(report_path or settings.ingestion.report_dir / f"ingest-{report.collection}-{stamp}.json")
     rate = (
@@ -389,6 +397,13 @@ def eval_answers(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default server.port).")] = None,
+    chroma: Annotated[
+        bool,
+        typer.Option(
+            "--chroma", help="Serve the embedded store through a Chroma server, so other processes can use it too."
+        ),
+    ] = False,
+    chroma_port: Annotated[int, typer.Option(help="Port of the Chroma server --chroma starts.")] = 8000,
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -400,18 +415,31 @@ def serve(
     from ui.server import create_app
 
     settings = _settings(config, server={"host": host, "port": port}, store={"url": chroma_url})
-    pipeline = _pipeline(settings)
-    pipeline.store.warm_up()  # a store that cannot be opened fails here, not at the first request
-    app_ = create_app(pipeline=pipeline)
-    # Load the embedding model now, in the background, so the first question does not wait for it.
-    threading.Thread(target=lambda: pipeline.embedder.embed_queries(["warm-up"]), daemon=True).start()
     s = settings.server
     shown = "localhost" if s.host in ("0.0.0.0", "127.0.0.1", "::") else s.host
-    private = " (login: server.token)" if s.token is not None else ""
-    if s.token is None and s.host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"warning: serving on {s.host} without a token; set BABELRAG_SERVER_TOKEN to make it private")
-    out.print(f"BabelRAG web UI: http://{shown}:{s.port}/{private}  REST API: http://{shown}:{s.port}/api/docs")
-    uvicorn.run(app_, host=s.host, port=s.port, log_level="warning")
+    reachable = "127.0.0.1" if s.host in ("0.0.0.0", "127.0.0.1", "::", "localhost") else s.host
+    with contextlib.ExitStack() as stack:
+        if chroma:
+            if settings.store.url:
+                raise ConfigError("--chroma serves the embedded store (store.path); drop --chroma-url / store.url")
+            from rag.chroma_server import serve_embedded_store
+
+            served = stack.enter_context(serve_embedded_store(settings.store.path, port=chroma_port))
+            settings.store.url = served.url
+            err.print(f"Chroma server for {settings.store.path}: {served.url} (other processes may use it)")
+        pipeline = _pipeline(settings)
+        pipeline.store.warm_up()  # a store that cannot be opened fails here, not at the first request
+        lock = served.lock if chroma else pipeline.store.lock
+        if lock is not None:  # tell a second `babelrag ingest` where to send its job
+            lock.announce(serve_url=f"http://{reachable}:{s.port}")
+        app_ = create_app(pipeline=pipeline)
+        # Load the embedding model now, in the background, so the first question does not wait for it.
+        threading.Thread(target=lambda: pipeline.embedder.embed_queries(["warm-up"]), daemon=True).start()
+        private = " (login: server.token)" if s.token is not None else ""
+        if s.token is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"warning: serving on {s.host} without a token; set BABELRAG_SERVER_TOKEN to make it private")
+        out.print(f"BabelRAG web UI: http://{shown}:{s.port}/{private}  REST API: http://{shown}:{s.port}/api/docs")
+        uvicorn.run(app_, host=s.host, port=s.port, log_level="warning")
 
 
 @llm_app.command("serve")

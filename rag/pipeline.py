@@ -25,10 +25,11 @@ from rag.answering import (
 from rag.chat import ChatMessage, bound_history, rewrite_follow_up
 from rag.config import RerankerKind, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
-from rag.errors import ConfigError, QueryError, StoreError
+from rag.errors import ConfigError, QueryError, StoreError, StoreLockedError
 from rag.evidence import Evidence, locate_evidence
 from rag.generator import Generator, LLMClient, OpenAIGenerator, build_messages
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
+from rag.remote import ingest_through_server
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
 from rag.retriever import DenseRetriever, HybridRetriever, Retriever
 from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
@@ -86,26 +87,45 @@ class Pipeline:
         reindex: bool = False,
         loaders: Sequence[Loader] | None = None,
         progress: Progress | None = None,
+        lease_wait_s: float | None = None,
     ) -> IngestReport:
         """Add new, replace changed and skip unchanged files under ``paths`` in ``collection``.
 
         ``prune`` deletes documents ingested from ``paths`` whose files are gone; ``reindex``
         rebuilds the collection (needed after changing the embedding model or chunking).
         ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx).
+        ``lease_wait_s`` (default ``ingestion.lease_wait_s``): how long to wait while another
+        job writes the collection. When the embedded store is held by a running
+        ``babelrag serve`` (and ``store.handoff``), the job is handed to that server.
         """
+        collection = collection or self.settings.store.collection
+        paths = list(paths)
+        try:
+            self.store.warm_up()
+        except StoreLockedError as e:
+            url = e.holder.get("serve_url")
+            if not (self.settings.store.handoff and url and loaders is None):
+                raise
+            token = self.settings.server.token
+            return ingest_through_server(
+                url, paths, collection, token=token.get_secret_value() if token else None, prune=prune,
+                reindex=reindex, lease_wait_s=lease_wait_s, progress=progress,
+            )  # fmt: skip
         self._check_chunk_budget()
         chunker = SentenceChunker(
             tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
         )
-        collection = collection or self.settings.store.collection
+        config = self.settings.ingestion
+        if lease_wait_s is not None:
+            config = config.model_copy(update={"lease_wait_s": lease_wait_s})
         try:
             return ingest_files(
-                list(paths),
+                paths,
                 collection,
                 embedder=self.embedder,
                 store=self.store,
                 chunker=chunker,
-                config=self.settings.ingestion,
+                config=config,
                 loaders=DEFAULT_LOADERS if loaders is None else loaders,
                 prune=prune,
                 reindex=reindex,

@@ -5,6 +5,10 @@
     GET  /api/collections/{name}/documents         a collection's source files
     POST /api/retrieve   {"query", "collection", "top_k", "reranker"}
     POST /api/ask        {"question", "collection", "top_k", "reranker", "language", "history"}
+    POST /api/ingest     {"paths", "collection", "prune", "reindex", "wait_s"}: an ingestion job of
+                         files on the server's disk (202, the job); `babelrag ingest` hands its job
+                         here when this server holds the embedded store
+    GET  /api/jobs/{id}  the job's status, progress and, once done, its report
 
 Errors come back as ``{"error": message}`` with 400 (bad request), 404 (unknown collection or
 document) or 503 (the LLM server or the store is unreachable).
@@ -12,10 +16,17 @@ document) or 503 (the LLM server or the store is unreachable).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +43,9 @@ from rag import (
     StoreError,
 )
 from rag.config import RerankerKind
+from rag.errors import IngestionError
+
+log = logging.getLogger(__name__)
 
 
 class Query(BaseModel):
@@ -56,6 +70,103 @@ class AskRequest(Query):
     question: str
     language: str | None = None  # ISO 639-1 answer language; default: the question's
     history: list[Message] = []  # earlier turns: the question is then a follow-up
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[str] = Field(min_length=1)  # absolute paths on the server's machine
+    collection: str | None = None
+    prune: bool = False
+    reindex: bool = False
+    wait_s: float | None = Field(None, ge=0)  # for the collection's lease (another job writing it)
+
+
+class IngestJobs:
+    """Ingestion jobs run by the server, one at a time (like the UI's), kept for polling.
+
+    Paths are on the server's disk: with ``server.ingest_roots`` they must lie inside one of
+    them; without, only clients on this machine (loopback) may ingest, any path the server
+    process can read. This is how a second process on the machine writes an embedded store
+    the server holds: it hands the job here instead of opening the store itself.
+    """
+
+    KEEP = 100  # finished jobs remembered
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.roots = [r.expanduser().resolve() for r in pipeline.settings.server.ingest_roots]
+        self._jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-job")
+
+    def check_paths(self, paths: list[str], client: str | None) -> list[Path]:
+        resolved = []
+        for raw in paths:
+            path = Path(raw).expanduser()
+            if not path.is_absolute():
+                raise IngestionError(f"ingest path {raw!r} must be absolute (a path on the server's machine)")
+            path = path.resolve()
+            if self.roots:
+                if not any(path == r or r in path.parents for r in self.roots):
+                    roots = ", ".join(map(str, self.roots))
+                    raise IngestionError(
+                        f"{path} is outside the folders this server ingests from ({roots}); "
+                        "move the files there or add the folder to server.ingest_roots"
+                    )
+            elif not _loopback(client):
+                raise IngestionError(
+                    "this server ingests files from its own disk only for clients on its machine; "
+                    "set server.ingest_roots to the folders remote clients may ingest from, or upload the files"
+                )
+            resolved.append(path)
+        return resolved
+
+    def submit(self, body: IngestRequest, client: str | None) -> dict[str, Any]:
+        paths = self.check_paths(body.paths, client)
+        collection = body.collection or self.pipeline.settings.store.collection
+        job = {
+            "id": uuid.uuid4().hex[:12], "status": "queued", "collection": collection, "paths": list(map(str, paths)),
+            "files_done": 0, "files_total": None, "chunks_written": 0, "current": None, "report": None,
+            "error": None, "submitted_at": time.time(),
+        }  # fmt: skip
+        with self._lock:
+            self._jobs[job["id"]] = job
+            while len(self._jobs) > self.KEEP:
+                self._jobs.popitem(last=False)
+        self._runner.submit(self._run, job, paths, body)
+        return dict(job)
+
+    def _run(self, job: dict[str, Any], paths: list[Path], body: IngestRequest) -> None:
+        def progress(p) -> None:
+            job.update(files_done=p.files_done, files_total=p.files_total, chunks_written=p.chunks_written,
+                       current=p.current)  # fmt: skip
+
+        job["status"] = "running"
+        try:
+            report = self.pipeline.ingest(
+                paths, job["collection"], prune=body.prune, reindex=body.reindex, progress=progress,
+                lease_wait_s=body.wait_s,
+            )  # fmt: skip
+            job.update(status="done", report=report.to_dict())
+        except BabelRAGError as e:
+            job.update(status="failed", error=str(e), error_type=type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - a job's bug must reach its poller, not kill the server
+            log.exception("ingestion job %s failed", job["id"])
+            job.update(status="failed", error=f"unexpected {type(e).__name__}: {e}", error_type=type(e).__name__)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise HTTPException(status_code=404, detail=f"no ingestion job {job_id!r} on this server")
+        return dict(job)
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def status_of(error: BabelRAGError) -> int:
@@ -152,6 +263,16 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Any) -> None:
         else:
             answer = pipeline.ask(body.question, **options)
         return answer_json(answer)
+
+    jobs = IngestJobs(pipeline)
+
+    @api.post("/ingest", status_code=202)
+    def ingest(body: IngestRequest, request: Request) -> Any:
+        return jobs.submit(body, request.client.host if request.client else None)
+
+    @api.get("/jobs/{job_id}")
+    def job(job_id: str) -> Any:
+        return jobs.get(job_id)
 
     app.include_router(api)
     app.add_exception_handler(BabelRAGError, lambda _request, error: error_response(error))
