@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ingestion.chunker import Chunker
 from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
 from rag.config import IngestionConfig
@@ -164,6 +166,9 @@ class _Parsed:
     document: Document
     chunks: list[Chunk]
     warnings: tuple[str, ...]
+    # One row per chunk, embedded with the document prompt, where the engine embeds (ray); else
+    # the writer embeds the chunks it has to write.
+    embeddings: np.ndarray | None = None
 
 
 _Item = _Unchanged | _Failed | _Parsed
@@ -255,6 +260,7 @@ class _Writer:
         self.done = 0
         self.pending: list[tuple[Chunk, _Open]] = []
         self.open: list[_Open] = []
+        self.vectors: dict[str, np.ndarray] = {}  # chunk id -> the engine's vector, for pending chunks
 
     def take(self, item: _Item) -> None:
         if isinstance(item, _Unchanged):
@@ -269,6 +275,9 @@ class _Writer:
             # A source without a manifest entry has no chunks: they are written after the entry.
             stored = self.store.chunk_ids_of_source(self.collection, source) if source in self.manifest else set()
             new = [c for c in item.chunks if c.id not in stored]
+            if item.embeddings is not None:
+                rows = zip(item.chunks, item.embeddings, strict=True)
+                self.vectors.update((c.id, v) for c, v in rows if c.id not in stored)
             state = _Open(item, stored, len(new))
             self.open.append(state)
             self.pending.extend((c, state) for c in new)
@@ -279,12 +288,20 @@ class _Writer:
             batch, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             self._mark(list({id(o): o for _, o in batch if not o.marked}.values()))
             chunks = [c for c, _ in batch]
-            self.store.upsert(self.collection, chunks, self.embedder.embed_documents([c.embedding_text for c in chunks]))
+            self.store.upsert(self.collection, chunks, self._vectors(chunks))
             for _, state in batch:
                 state.waiting -= 1
             self.report.chunks_written += len(chunks)
             self._finish()
         self._finish()
+
+    def _vectors(self, chunks: list[Chunk]) -> np.ndarray:
+        """The vectors of ``chunks``: those their engine computed, the embedder's for the others."""
+        missing = [c for c in chunks if c.id not in self.vectors]
+        if missing:
+            computed = self.embedder.embed_documents([c.embedding_text for c in missing])
+            self.vectors.update((c.id, v) for c, v in zip(missing, computed, strict=True))
+        return np.stack([self.vectors.pop(c.id) for c in chunks])
 
     def _mark(self, states: list[_Open]) -> None:
         now = time.time()
