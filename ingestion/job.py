@@ -30,12 +30,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ingestion.chunker import Chunker
 from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
-from rag.config import IngestionConfig
+from rag.config import IngestionConfig, Settings
 from rag.embedder import Embedder
 from rag.errors import IngestionError
 from rag.store import Fingerprint, ManifestEntry, VectorStore
@@ -113,7 +114,12 @@ def ingest_files(
     prune: bool = False,
     reindex: bool = False,
     progress: Progress | None = None,
+    engine: Literal["local", "ray"] | None = None,
+    settings: Settings | None = None,
 ) -> IngestReport:
+    """``engine`` (default ``config.engine``): "local" loads, chunks and embeds in this process;
+    "ray" does it on a Ray cluster (ingestion.ray_engine), whose workers build their chunker,
+    language identifier and embedder from ``settings``. Either way this process does every write."""
     started = time.perf_counter()
     paths = [Path(p).expanduser() for p in paths]
     files, unreachable = discover(paths, config.extensions)
@@ -129,7 +135,13 @@ def ingest_files(
     manifest = store.manifest(collection)
 
     writer = _Writer(collection, embedder, store, config.upsert_batch, manifest, report, progress, len(files))
-    for item in _prepared(files, manifest, chunker, config, loaders):
+    if (engine or config.engine) == "ray":
+        from ingestion.ray_engine import prepared_on_ray
+
+        items = prepared_on_ray(files, manifest, embedder, chunker, config, loaders, settings)
+    else:
+        items = _prepared(files, manifest, chunker, config, loaders)
+    for item in items:
         writer.take(item)
     writer.flush(everything=True)
 
