@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, ingest_files
@@ -84,12 +84,14 @@ class Pipeline:
         reindex: bool = False,
         loaders: Sequence[Loader] | None = None,
         progress: Progress | None = None,
+        engine: Literal["local", "ray"] | None = None,
     ) -> IngestReport:
         """Add new, replace changed and skip unchanged files under ``paths`` in ``collection``.
 
         ``prune`` deletes documents ingested from ``paths`` whose files are gone; ``reindex``
         rebuilds the collection (needed after changing the embedding model or chunking).
-        ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx).
+        ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx). ``engine``
+        (default ``ingestion.engine``): "local", or "ray" to load, chunk and embed on a Ray cluster.
         """
         self._check_chunk_budget()
         chunker = SentenceChunker(
@@ -108,6 +110,8 @@ class Pipeline:
                 prune=prune,
                 reindex=reindex,
                 progress=progress,
+                engine=engine,
+                settings=self.settings,
             )
         finally:  # even a failed job may have written: derived indexes must look again
             self.retriever.invalidate(collection)
