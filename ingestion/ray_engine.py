@@ -76,15 +76,11 @@ def prepared_on_ray(
     if not changed:
         return
     with _connected(ray, config.ray_address):
-        rows = iter(_pipeline(ray, changed, workers, config).iter_rows())
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                return
-            except Exception as e:  # Ray wraps a worker's error; ours says what to do on its own
-                raise _cause(ray, e) from e
-            yield pickle.loads(row["item"])
+        try:
+            for row in _pipeline(ray, changed, workers, config).iter_rows():
+                yield pickle.loads(row["item"])
+        except Exception as e:  # Ray wraps a worker's error; ours says what to do on its own
+            raise _cause(ray, e) from e
 
 
 def _import_ray() -> ModuleType:
