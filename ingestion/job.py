@@ -41,13 +41,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ingestion.chunker import Chunker
 from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
 from rag.centroids import VectorSums
-from rag.config import IngestionConfig
+from rag.config import IngestionConfig, Settings
 from rag.embedder import Embedder
 from rag.errors import IngestionError
 from rag.locks import Lease
@@ -134,8 +135,13 @@ def ingest_files(
     prune: bool = False,
     reindex: bool = False,
     progress: Progress | None = None,
+    engine: Literal["local", "ray"] | None = None,
+    settings: Settings | None = None,
     job: str = "babelrag ingest",
 ) -> IngestReport:
+    """``engine`` (default ``config.engine``): "local" loads, chunks and embeds in this process;
+    "ray" does it on a Ray cluster (ingestion.ray_engine), whose workers build their chunker,
+    language identifier and embedder from ``settings``. Either way this process does every write."""
     started = time.perf_counter()
     paths = [Path(p).expanduser() for p in paths]
     files, unreachable = discover(paths, config.extensions)
@@ -152,7 +158,13 @@ def ingest_files(
         manifest = store.manifest(collection)
         target = CollectionWriter(store, collection, lease=lease, manifest=manifest)
         writer = _Writer(target, embedder, config.upsert_batch, manifest, report, progress, len(files))
-        for item in _prepared(files, manifest, chunker, config, loaders):
+        if (engine or config.engine) == "ray":
+            from ingestion.ray_engine import prepared_on_ray
+
+            items = prepared_on_ray(files, manifest, embedder, chunker, config, loaders, settings)
+        else:
+            items = _prepared(files, manifest, chunker, config, loaders)
+        for item in items:
             writer.take(item)
         writer.flush(everything=True)
 
@@ -329,6 +341,9 @@ class _Parsed:
     document: Document
     chunks: list[Chunk]
     warnings: tuple[str, ...]
+    # One row per chunk, embedded with the document prompt, where the engine embeds (ray); else
+    # the writer embeds the chunks it has to write.
+    embeddings: np.ndarray | None = None
 
 
 _Item = _Unchanged | _Failed | _Parsed
@@ -422,6 +437,7 @@ class _Writer:
         self.done = 0
         self.pending: list[tuple[Chunk, _Open]] = []
         self.open: list[_Open] = []
+        self.vectors: dict[str, np.ndarray] = {}  # chunk id -> the engine's vector, for pending chunks
 
     def take(self, item: _Item) -> None:
         if isinstance(item, _Unchanged):
@@ -436,6 +452,9 @@ class _Writer:
             # A source without a manifest entry has no chunks: they are written after the entry.
             stored = self.store.chunk_ids_of_source(self.collection, source) if source in self.manifest else set()
             new = [c for c in item.chunks if c.id not in stored]
+            if item.embeddings is not None:
+                rows = zip(item.chunks, item.embeddings, strict=True)
+                self.vectors.update((c.id, v) for c, v in rows if c.id not in stored)
             kept = [c.id for c in item.chunks if c.id in stored]
             sums = VectorSums()
             if kept:  # their vectors count for the file's sums too
@@ -451,7 +470,7 @@ class _Writer:
             batch, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             self._mark(list({id(o): o for _, o in batch if not o.marked}.values()))
             chunks = [c for c, _ in batch]
-            vectors = self.embedder.embed_documents([c.embedding_text for c in chunks])
+            vectors = self._vectors(chunks)
             self.target.write(chunks, vectors)
             for (chunk, state), vector in zip(batch, vectors, strict=True):
                 state.waiting -= 1
@@ -459,6 +478,14 @@ class _Writer:
             self.report.chunks_written += len(chunks)
             self._finish()
         self._finish()
+
+    def _vectors(self, chunks: list[Chunk]) -> np.ndarray:
+        """The vectors of ``chunks``: those their engine computed, the embedder's for the others."""
+        missing = [c for c in chunks if c.id not in self.vectors]
+        if missing:
+            computed = self.embedder.embed_documents([c.embedding_text for c in missing])
+            self.vectors.update((c.id, v) for c, v in zip(missing, computed, strict=True))
+        return np.stack([self.vectors.pop(c.id) for c in chunks])
 
     def _mark(self, states: list[_Open]) -> None:
         now = time.time()

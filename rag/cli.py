@@ -71,6 +71,14 @@ def ingest(
         typer.Option("--wait", help="Seconds to wait while another job writes the collection (default: fail at once)."),
     ] = None,
     chroma_url: ChromaUrlOpt = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="local | ray: load, chunk and embed in this process or on a Ray cluster."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="--engine ray: 'auto', ray://HOST:10001; default starts a local cluster."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Ingest files into a knowledge base: new files added, changed ones replaced, unchanged skipped.
@@ -79,7 +87,11 @@ def ingest(
     Exit status: 0 when every file was ingested, 1 when any failed (the rest are ingested;
     the console table and the JSON report list each failure with its reason).
     """
-    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    settings = _settings(
+        config,
+        store={"collection": collection, "url": chroma_url},
+        ingestion={"engine": engine, "ray_address": ray_address},
+    )
     rag = _pipeline(settings)
     with _ingest_progress() as progress:
         report = rag.ingest(

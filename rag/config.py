@@ -96,6 +96,15 @@ class IngestionConfig(_Section):
     lease_ttl_s: float = Field(60, ge=1)
     lease_wait_s: float = Field(0, ge=0)
     report_dir: Path = Path(".babelrag/reports")  # one JSON report per job
+    # Where files are loaded, chunked and embedded: "local", in this process; "ray", on a Ray cluster
+    # (pip install 'babelrag[ray]'; README, "Ingestion on a Ray cluster"). Writes stay in this process.
+    engine: Literal["local", "ray"] = "local"
+    # ray: "auto" (the cluster `ray start` runs on this machine), "ray://HOST:10001" (Ray Client), or
+    # None to start a local cluster for the job (or use the one this process has ray.init-ed).
+    ray_address: str | None = None
+    ray_embed_actors: int | None = Field(None, ge=1)  # each holds the model; None: one per GPU, else 1
+    ray_embed_cpus: float = Field(1, gt=0)  # CPUs an embedding actor reserves; on CPU, its torch threads
+    ray_batch_files: int = Field(16, ge=1)  # files per Ray task and per embedding call
 
     @field_validator("extensions")
     @classmethod

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, delete_sources, ingest_files
@@ -88,15 +88,17 @@ class Pipeline:
         loaders: Sequence[Loader] | None = None,
         progress: Progress | None = None,
         lease_wait_s: float | None = None,
+        engine: Literal["local", "ray"] | None = None,
     ) -> IngestReport:
         """Add new, replace changed and skip unchanged files under ``paths`` in ``collection``.
 
         ``prune`` deletes documents ingested from ``paths`` whose files are gone; ``reindex``
         rebuilds the collection (needed after changing the embedding model or chunking).
-        ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx).
+        ``loaders`` replaces the built-in file loaders (txt, md, html, pdf, docx). ``engine``
+        (default ``ingestion.engine``): "local", or "ray" to load, chunk and embed on a Ray cluster.
         ``lease_wait_s`` (default ``ingestion.lease_wait_s``): how long to wait while another
         job writes the collection. When the embedded store is held by a running
-        ``babelrag serve`` (and ``store.handoff``), the job is handed to that server.
+        ``babelrag serve`` (and ``store.handoff``), a local-engine job is handed to that server.
         """
         collection = collection or self.settings.store.collection
         paths = list(paths)
@@ -104,7 +106,8 @@ class Pipeline:
             self.store.warm_up()
         except StoreLockedError as e:
             url = e.holder.get("serve_url")
-            if not (self.settings.store.handoff and url and loaders is None):
+            local = (engine or self.settings.ingestion.engine) == "local"
+            if not (self.settings.store.handoff and url and loaders is None and local):
                 raise
             token = self.settings.server.token
             return ingest_through_server(
@@ -130,6 +133,8 @@ class Pipeline:
                 prune=prune,
                 reindex=reindex,
                 progress=progress,
+                engine=engine,
+                settings=self.settings,
             )
         finally:  # even a failed job may have written: derived indexes must look again
             self._refresh(collection)
