@@ -310,15 +310,21 @@ def write_documents(
 ) -> None:  # fmt: skip
     """Write whole documents (entry, its chunks, their vectors) with the job's bookkeeping: for
     callers that have vectors already (benchmarks, tests, other engines). Replaces the sources' chunks."""
+    if not documents:
+        return
     writer = CollectionWriter(store, collection, lease=lease)
-    entries = [entry for entry, _, _ in documents]
-    writer.begin(entries)
+    sources = [entry.source for entry, _, _ in documents]
+    writer.entries.update(store.entries(collection, sources))  # one read for all, not one per source
+    writer._complete = True
+    known = {s for s in sources if writer._entry(s) is not None}
+    writer.begin([entry for entry, _, _ in documents])
     done = []
     stale: list[str] = []
     for entry, chunks, vectors in documents:
-        writer.write(chunks, vectors)
-        stale += sorted(store.chunk_ids_of_source(collection, entry.source) - {c.id for c in chunks})
+        if entry.source in known:  # a new source has no chunks yet
+            stale += sorted(store.chunk_ids_of_source(collection, entry.source) - {c.id for c in chunks})
         done.append((entry, VectorSums.of([c.language for c in chunks], np.asarray(vectors))))
+    writer.write([c for _, chunks, _ in documents for c in chunks], np.concatenate([v for _, _, v in documents]))
     writer.finish(done, stale)
 
 
