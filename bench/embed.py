@@ -27,21 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from common import EMBEDDING_VARIANTS as VARIANTS
 from common import XQUAD, read_jsonl
 
 from rag import load_settings
 from rag.embedder import SentenceTransformerEmbedder, cpu_has_native_bf16
-
-VARIANTS = {  # name: embedding settings
-    "torch-fp32": {"backend": "torch", "dtype": "float32"},
-    "torch-bf16": {"backend": "torch", "dtype": "bfloat16"},
-    "onnx-fp32": {"backend": "onnx", "quantization": "none"},
-    "onnx-int8": {"backend": "onnx", "quantization": "int8"},
-    "openvino-fp32": {"backend": "openvino", "dtype": "float32"},
-    "openvino-int8": {"backend": "openvino", "quantization": "int8", "dtype": "float32"},
-    "openvino-auto": {"backend": "openvino", "dtype": "auto"},  # OpenVINO's own choice: bf16 on AMX
-    "openvino-int8-auto": {"backend": "openvino", "quantization": "int8", "dtype": "auto"},
-}
 
 
 def cpu() -> str:
