@@ -13,6 +13,18 @@ sys.path.insert(0, str(ROOT))  # run as `python bench/NAME.py` from a checkout
 
 from rag import Pipeline, load_settings  # noqa: E402
 
+# Embedding backends the benches compare, by name: the embedding settings each one means.
+EMBEDDING_VARIANTS = {
+    "torch-fp32": {"backend": "torch", "dtype": "float32"},
+    "torch-bf16": {"backend": "torch", "dtype": "bfloat16"},
+    "onnx-fp32": {"backend": "onnx", "quantization": "none"},
+    "onnx-int8": {"backend": "onnx", "quantization": "int8"},
+    "openvino-fp32": {"backend": "openvino", "dtype": "float32"},
+    "openvino-int8": {"backend": "openvino", "quantization": "int8", "dtype": "float32"},
+    "openvino-auto": {"backend": "openvino", "dtype": "auto"},  # OpenVINO's own choice: bf16 on AMX
+    "openvino-int8-auto": {"backend": "openvino", "quantization": "int8", "dtype": "auto"},
+}
+
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -36,6 +36,7 @@ from rag.evaluation import (
     DEPTH,
     RunLine,
     eval_collection_name,
+    eval_index_settings,
     read_corpus,
     read_queries,
     score_matrix,
@@ -124,7 +125,7 @@ def main() -> None:
     settings = load_settings()
     docs = read_corpus(XQUAD / "corpus.jsonl")
     queries = read_queries(XQUAD / "queries_dev.jsonl", sample=args.sample)
-    collection = eval_collection_name(docs, {"model": settings.embedding.model, **settings.chunking.model_dump()})
+    collection = eval_collection_name(docs, eval_index_settings(settings))
     store = ChromaStore(settings.store)
     ids, vectors, doc_ids, chunk_lang, texts = load_chunks(store, collection)
     doc_lang = np.array([d.rsplit("-", 1)[1] for d in doc_ids])

@@ -40,14 +40,44 @@ class _Section(BaseModel):
 class EmbeddingConfig(_Section):
     model: str = "intfloat/multilingual-e5-small"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps", or "auto"
+    # What runs the model: torch as sentence-transformers loads it, or an export of it run by ONNX
+    # Runtime / OpenVINO (CPU only; made once from the model folder into export_dir). "auto":
+    # torch. See README, "Configuration", for the measured speed and quality of each.
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    # int8: onnx quantizes weights and activations (dynamic), openvino the weights only.
+    quantization: Literal["none", "int8"] = "none"
+    export_dir: Path = Path("~/.cache/babelrag/exported")
     # "auto": bfloat16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), else float32. On a
     # CPU without it, bf16 is emulated: 1.1 vs 5.6 passages/s for fp32 here (bench/embed.py).
+    # onnx computes in float32 (or int8); openvino in the precision asked for.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(32, ge=1)
     # Model-specific prompts live here, not at call sites: E5 wants "query: "/"passage: ",
     # bge-m3 wants none (set both to ""). None uses the prompts saved with the model.
     query_prompt: str | None = "query: "
     document_prompt: str | None = "passage: "
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> EmbeddingConfig:
+        runtime = self.backend in ("onnx", "openvino")
+        if runtime and self.device not in ("cpu", "auto"):
+            raise ValueError(
+                f"embedding.backend {self.backend!r} runs on the CPU, but device is {self.device!r}; "
+                "set embedding.backend: torch (or auto) for a GPU, or device: cpu"
+            )
+        if self.quantization == "int8" and not runtime:
+            raise ValueError(
+                f"embedding.quantization int8 needs backend onnx or openvino (backend is {self.backend!r}); "
+                "torch runs the model unquantized"
+            )
+        if self.backend == "onnx" and self.dtype in ("bfloat16", "float16"):
+            raise ValueError(
+                f"embedding.backend onnx computes in float32 on the CPU, dtype {self.dtype!r} is not available; "
+                "set dtype: auto or float32, or backend: openvino / torch"
+            )
+        if self.backend == "openvino" and self.dtype == "float16":
+            raise ValueError("embedding.backend openvino on the CPU: use dtype auto, float32 or bfloat16, not float16")
+        return self
 
 
 class StoreConfig(_Section):

@@ -43,6 +43,8 @@ class SentenceTransformerEmbedder:
         self.config = config or EmbeddingConfig()
         self._model = None
         self.dtype: str | None = None  # resolved in warm_up
+        self.backend: str | None = None  # resolved in warm_up: torch, onnx or openvino
+        self.export: Path | None = None  # the onnx/openvino export folder in use
         self._loading = threading.Lock()  # a web server's first requests may arrive together
 
     @property
@@ -78,16 +80,40 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
-        device = self.config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.config.device)
+        self.backend = resolve_backend(self.config.backend, device)
         self.dtype = resolve_dtype(self.config.dtype, device)
+        runtime = self.backend != "torch"
+        if runtime:
+            from rag import embedding_backends
+
+            embedding_backends.require(self.backend, self.config.quantization)  # before the slow part
         try:
-            model = SentenceTransformer(name, device=device, model_kwargs={"dtype": getattr(torch, self.dtype)})
+            # an export is made from the fp32 weights, whatever it then computes in
+            dtype = torch.float32 if runtime else getattr(torch, self.dtype)
+            model = SentenceTransformer(name, device=device, model_kwargs={"dtype": dtype})
         except (OSError, ValueError) as e:
             raise missing_model(
                 self.config.model, role="embedding", setting="BABELRAG_EMBEDDING_MODEL", why=str(e).splitlines()[0]
             ) from e
+        if runtime:
+            folder = (
+                Path(name)
+                if Path(name).is_dir()
+                else Path(resolve_model(name, role="embedding", setting="BABELRAG_EMBEDDING_MODEL"))
+            )
+            precision = {"float32": "f32", "bfloat16": "bf16"}.get(self.dtype, "")
+            self.export = embedding_backends.use_runtime(
+                model,
+                folder,
+                runtime=self.backend,
+                quantization=self.config.quantization,
+                export_dir=self.config.export_dir,
+                precision=precision,
+            )
+            self.dtype = (
+                "int8" if self.config.quantization == "int8" else "float32" if self.backend == "onnx" else self.dtype
+            )
         self._model = model
 
     def _encode(self, texts: Sequence[str], prompt: str | None, *, query: bool) -> np.ndarray:
@@ -131,6 +157,21 @@ class SentenceTransformerEmbedder:
             "dimension": self.dimension,
             "document_prompt": "(saved with the model)" if prompt is None else prompt,
         }
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``backend`` unless "auto": torch (see EmbeddingConfig.backend for why)."""
+    if backend != "auto":
+        return backend
+    return "torch"
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

@@ -360,6 +360,18 @@ def heatmap(result: MatrixResult, path: Path, *, title: str = "nDCG@10") -> Path
     return path
 
 
+def eval_index_settings(settings) -> dict:
+    """What an eval collection's vectors depend on. Wider than the collection fingerprint: it
+    names the embedding backend, quantization and dtype, which the fingerprint leaves out (their
+    vectors are interchangeable within a collection, rag/embedder.py) but an evaluation compares."""
+    e = settings.embedding
+    return {
+        "model": e.model,
+        "embedding_run": f"{e.backend}/{e.quantization}/{e.dtype}",
+        **settings.chunking.model_dump(),
+    }
+
+
 def eval_collection_name(docs: Sequence[CorpusDoc], fingerprint: dict) -> str:
     digest = hashlib.sha256(
         json.dumps([sorted(d.doc_id for d in docs), fingerprint], sort_keys=True).encode()
@@ -408,13 +420,7 @@ def ingest_corpus(pipeline: Pipeline, docs: Sequence[CorpusDoc], *, label: str, 
     """The name of the eval collection holding ``docs``, made or brought up to date by the real
     ingestion job; the same docs and index settings always give the same collection."""
     folder = corpus_folder(docs, Path(pipeline.settings.store.path).parent / "eval")
-    collection = eval_collection_name(
-        docs,
-        {
-            "model": pipeline.settings.embedding.model,
-            **pipeline.settings.chunking.model_dump(),
-        },
-    )
+    collection = eval_collection_name(docs, eval_index_settings(pipeline.settings))
     try:
         job = pipeline.ingest([folder], collection=collection, prune=True)
     except IndexMismatchError:  # a throwaway collection: rebuild it for the current settings

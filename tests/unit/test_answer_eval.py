@@ -23,7 +23,7 @@ from rag.answer_eval import (
 )
 from rag.config import load_settings
 from rag.errors import GenerationError
-from rag.evaluation import CorpusDoc, EvalQuery, eval_collection_name
+from rag.evaluation import CorpusDoc, EvalQuery, eval_collection_name, eval_index_settings
 from rag.types import Answer, Citation, Usage
 from tests.helpers import hit
 
@@ -284,7 +284,7 @@ def test_evaluate_answers_ingests_every_language_and_asks_only_the_chosen_ones(t
     report = evaluate_answers(fake, corpus, queries, sample=2, languages=["de", "zh"], progress=lambda _: None)
     folder, collection = ingested[0][0][0], ingested[0][1]
     assert len(list(folder.glob("*.txt"))) == len(DOCS)  # all three languages of the corpus
-    fingerprint = {"model": fake.settings.embedding.model, **fake.settings.chunking.model_dump()}
+    fingerprint = eval_index_settings(fake.settings)
     assert collection == eval_collection_name(list(DOCS.values()), fingerprint)  # the one `eval retrieval` makes
     # each question in all its languages before the next question
     assert [q for q, _ in fake.calls] == ["Frage 0 de", "Frage 0 zh", "Frage 2 de", "Frage 2 zh"]
