@@ -7,6 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -148,6 +149,21 @@ class DenseRetriever:
         where: Where | None = None,
         languages: Sequence[str | None] | None = None,
     ) -> list[list[Hit]]:
+        return [
+            hits[:top_k] for hits in self.candidates(queries, collection, top_k=top_k, where=where, languages=languages)
+        ]
+
+    def candidates(
+        self,
+        queries: Sequence[str],
+        collection: str,
+        *,
+        top_k: int,
+        where: Where | None = None,
+        languages: Sequence[str | None] | None = None,
+    ) -> list[list[Hit]]:
+        """Every chunk the store returned for each query (``centring_depth`` with centring, else
+        ``top_k``), best first by the final dense score: ``retrieve`` keeps the first ``top_k``."""
         if not queries:
             return []
         vectors = self.embed(queries)
@@ -167,7 +183,7 @@ class DenseRetriever:
             scores = centroids.centre(chunk_vectors, [h.chunk.language for h in hits]) @ q
             if bonus and lang is not None:
                 scores = scores + bonus * np.array([h.chunk.language == lang for h in hits])
-            order = np.argsort(-scores, kind="stable")[:top_k]
+            order = np.argsort(-scores, kind="stable")
             out.append(
                 [Hit(chunk=hits[i].chunk, score=float(scores[i]), retrieval_score=float(scores[i])) for i in order]
             )
@@ -194,6 +210,7 @@ class HybridRetriever:
         self.store = store
         self.config = config
         self.keyword = KeywordIndexes(store, index_dir)
+        self._fetcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keyword-fetch")
 
     def refresh(self, collection: str) -> None:
         self.dense.refresh(collection)
@@ -214,7 +231,6 @@ class HybridRetriever:
         if not queries:
             return []
         cfg = self.config
-        dense = self.dense.retrieve(queries, collection, top_k=top_k, where=where, languages=languages)
         index = self.keyword_index(collection)
         filter_languages, other_filter = _language_filter(where)
         # a filter the index cannot apply: take more keyword hits, keep those the store says match
@@ -235,12 +251,22 @@ class HybridRetriever:
             ideal = index.ideal_score(query, language)
             # share of the query matched, in [0, 1]: one common word shared is a small lift
             keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
-        if other_filter is not None:
-            candidates = sorted({cid for kw in keyword for cid, _ in kw})
-            passing = self.store.filter_ids(collection, candidates, other_filter) if candidates else set()
-            keyword = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in keyword]
-        missing = {cid for kw in keyword for cid, _ in kw} - {h.chunk.id for hits in dense for h in hits}
-        fetched = {c.id: c for c in self.store.get(collection, sorted(missing))}
+
+        def fetch() -> tuple[list[list[tuple[str, float]]], dict[str, Chunk]]:
+            hits = keyword
+            if other_filter is not None:
+                ids = sorted({cid for kw in hits for cid, _ in kw})
+                passing = self.store.filter_ids(collection, ids, other_filter) if ids else set()
+                hits = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in hits]
+            ids = sorted({cid for kw in hits for cid, _ in kw})
+            return hits, ({c.id: c for c in self.store.get(collection, ids)} if ids else {})
+
+        # the keyword hits' chunks are read while the query is embedded and searched (two store
+        # calls at once: Chroma's client releases the GIL), not after
+        fetching = self._fetcher.submit(fetch)
+        pool = self.dense.candidates(queries, collection, top_k=top_k, where=where, languages=languages)
+        keyword, fetched = fetching.result()
+        dense = [hits[:top_k] for hits in pool]
         return [self._fuse(d, k, fetched, top_k) for d, k in zip(dense, keyword, strict=True)]
 
     def _fuse(
