@@ -15,9 +15,12 @@ from rag.errors import (
     GenerationError,
     IndexMismatchError,
     IngestionError,
+    LeaseHeldError,
+    LeaseLostError,
     ModelNotFoundError,
     QueryError,
     StoreError,
+    StoreLockedError,
 )
 from rag.evidence import Evidence
 from rag.pipeline import Pipeline
@@ -45,6 +48,8 @@ __all__ = [
     "IngestReport",
     "IngestionError",
     "JobProgress",
+    "LeaseHeldError",
+    "LeaseLostError",
     "LoadedText",
     "Loader",
     "ManifestEntry",
@@ -53,6 +58,7 @@ __all__ = [
     "QueryError",
     "Settings",
     "StoreError",
+    "StoreLockedError",
     "Usage",
     "load_settings",
 ]

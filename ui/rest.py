@@ -11,7 +11,8 @@
     GET  /api/jobs/{id}  the job's status, progress and, once done, its report
 
 Errors come back as ``{"error": message}`` with 400 (bad request), 404 (unknown collection or
-document) or 503 (the LLM server or the store is unreachable).
+document), 409 (another ingestion job writes the collection) or 503 (the LLM server or the store
+is unreachable).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rag import (
     StoreError,
 )
 from rag.config import RerankerKind
-from rag.errors import IngestionError
+from rag.errors import IngestionError, LeaseHeldError
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ def _loopback(host: str | None) -> bool:
 def status_of(error: BabelRAGError) -> int:
     if isinstance(error, CollectionNotFoundError):
         return 404
+    if isinstance(error, LeaseHeldError):
+        return 409  # another job writes the collection: try again later
     if isinstance(error, QueryError):
         return 404 if "is not a document of" in str(error) else 400
     if isinstance(error, GenerationError | StoreError):
