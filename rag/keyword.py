@@ -309,6 +309,7 @@ _FORMAT = 2  # of the folder: schema and babelrag.json; another format is rebuil
 _META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
+INLINE_BUILD_CHUNKS = 50_000  # a first query builds a missing index itself up to this size (~10 s)
 
 
 def _schema():
@@ -516,9 +517,35 @@ class KeywordIndexes:
             index = self._open.get(collection)
             current = index is not None and self._applied.get(collection) == version
         if index is None:
-            return self.refresh(collection)
+            index = self._first_use(collection)
+            if index is None:
+                return self.refresh(collection)
         if not current:
             self._catch_up_in_background(collection)
+        return index
+
+    def _first_use(self, collection: str) -> KeywordIndex | None:
+        """This process's first query of ``collection``: the machine's copy if there is one (it
+        catches up in the background), or an empty index while a big collection is indexed in the
+        background (queries meanwhile have no keyword evidence: a warning says so). None: small
+        enough to index now (seconds)."""
+        folder = self.folder(collection)
+        meta = _read_meta(folder)
+        collection_id, _ = _parse_version(self.store.version(collection))
+        if meta is not None and meta.get("format") == _FORMAT and meta.get("collection_id") == collection_id:
+            index = KeywordIndex.open(folder)
+        else:
+            state = self.store.state(collection)
+            if state is None or state.sums.total <= INLINE_BUILD_CHUNKS:
+                return None
+            log.warning(
+                "keyword index of %r (%d chunks) is being built on this machine in the background; until it is "
+                "done, queries use the dense first stage only", collection, state.sums.total,
+            )  # fmt: skip
+            index = KeywordIndex.open(folder.parent / f".{collection}.empty")
+        with self._lock:
+            self._open.setdefault(collection, index)
+            self._applied.setdefault(collection, "")
         return index
 
     def refresh(self, collection: str) -> KeywordIndex:
@@ -562,7 +589,7 @@ class KeywordIndexes:
         if rebuild and meta is not None and meta.get("format") != _FORMAT:
             _wipe(folder)
         index = self._open.get(collection)
-        if index is None:
+        if index is None or index.path != folder:  # not the stand-in of _first_use
             index = KeywordIndex.open(folder)
         if not rebuild and meta["version"] >= seq:
             index.reload()  # another process of this machine brought it up to date

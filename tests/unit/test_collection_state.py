@@ -289,3 +289,21 @@ def _ingestion():
     from rag.config import IngestionConfig
 
     return IngestionConfig()
+
+
+def test_a_big_collection_new_to_this_machine_is_indexed_without_making_queries_wait(store, tmp_path, monkeypatch):
+    import rag.keyword
+
+    write_documents(store, "kb1", [document(f"/kb1/{lang}.txt", lang, 4, seed=i) for i, lang in enumerate(LANGUAGES)])
+    monkeypatch.setattr(rag.keyword, "INLINE_BUILD_CHUNKS", 10)  # 32 chunks count as big here
+    indexes = KeywordIndexes(store, tmp_path / "fresh-machine")
+    version = store.version("kb1")
+    first = indexes.get("kb1", version)
+    assert len(first) == 0  # answered at once, without keyword evidence
+    deadline = time.monotonic() + 10
+    while len(index := indexes.get("kb1", version)) < 32:
+        assert time.monotonic() < deadline, "the background build did not finish"
+        time.sleep(0.05)
+    assert index.search("Zug", language="de", top_k=5)
+    # the next process of this machine opens that copy at once
+    assert len(KeywordIndexes(store, tmp_path / "fresh-machine").get("kb1", version)) == 32
