@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import CPU_CONFIG, XQUAD, read_jsonl, scratch_pipeline
 
+from ingestion.job import write_documents
+from rag.store import ManifestEntry
 from rag.types import Chunk
 
 
@@ -53,20 +55,16 @@ def main() -> None:
     rag.store.ensure_collection("bench-query", fingerprint=fingerprint)
     start = time.perf_counter()
     for i in range(0, args.chunks, 1000):
-        batch = [
-            Chunk(
-                id=f"c{j}",
-                text=f"chunk {j}",
-                source=f"/bench/{j // 10}.txt",
-                index=j % 10,
-                start=0,
-                end=9,
-                language="en",
-                doc_hash="x",
-            )
-            for j in range(i, min(i + 1000, args.chunks))
-        ]
-        rag.store.upsert("bench-query", batch, vectors[i : i + len(batch)])
+        documents = []
+        for d in range(i, min(i + 1000, args.chunks), 10):
+            chunks = [
+                Chunk(id=f"c{j}", text=f"chunk {j}", source=f"/bench/{d // 10}.txt", index=j % 10, start=0, end=9,
+                      language="en", doc_hash="x")  # fmt: skip
+                for j in range(d, min(d + 10, args.chunks))
+            ]
+            entry = ManifestEntry(chunks[0].source, "x", tuple(c.id for c in chunks), "done", language="en")
+            documents.append((entry, chunks, vectors[d : d + len(chunks)]))
+        write_documents(rag.store, "bench-query", documents)
     fill_s = time.perf_counter() - start
 
     k = settings.retrieval.candidates
@@ -102,7 +100,7 @@ def main() -> None:
         timed(names[5], rag.store.version, "bench-query")
         timed(names[6], rag.store.query, "bench-query", vector, top_k=k)
         timed(names[7], rag.store.query_with_vectors, "bench-query", vector, top_k=depth)
-        timed(names[8], keyword.search, q, language=lang, top_k=k, mask=keyword.mask_for(languages=[lang]))
+        timed(names[8], keyword.search, q, language=lang, top_k=k, languages=[lang])
         timed(names[9], lambda v: np.argpartition(-(vectors @ v), k)[:k], vector)
     chroma, exact = timings[names[6]], timings[names[9]]
 

@@ -76,6 +76,17 @@ class Pipeline:
         self._count: TokenCount | None = None
         self._max_model_len: int | None = None
 
+    def close(self) -> None:
+        """Let go of the store, so another process may open an embedded store (the next call
+        on this pipeline opens it again). ``with Pipeline(...) as rag:`` closes on leaving."""
+        self.store.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- ingestion -----------------------------------------------------------------------
 
     def ingest(

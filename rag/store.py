@@ -195,6 +195,10 @@ class VectorStore(Protocol):
         """Hold ``name``'s ingestion lease until the returned Lease is released."""
         ...
 
+    def close(self) -> None:
+        """Let go of the store; the next call opens it again."""
+        ...
+
 
 # -- the store ---------------------------------------------------------------------------
 
@@ -207,7 +211,7 @@ class ChromaStore:
         self._client = None
         self._url = self.config.url  # a server URL, set or found in the embedded store's lock
         self._lock: StoreLock | None = None
-        self._opening = threading.Lock()
+        self._opening = threading.RLock()
         self._handles: dict[str, Any] = {}  # collection name -> Chroma handle
 
     @property
@@ -282,13 +286,20 @@ class ChromaStore:
         self._client = client
 
     def close(self) -> None:
-        """Let go of the store (and of the embedded store's lock, for other processes)."""
-        self._client = None
-        self._handles.clear()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self._url = self.config.url
+        """Let go of the store (and of the embedded store's lock, for other processes): Chroma's
+        in-process state for it is dropped too, so a reopen reads what others wrote meanwhile."""
+        with self._opening:
+            client, self._client = self._client, None
+            self._handles.clear()
+            if client is not None:
+                try:
+                    client.close()  # the last client of a path stops its System (SQLite, HNSW)
+                except Exception as e:  # noqa: BLE001 - letting go must not fail on a dead server
+                    log.debug("closing the Chroma client of %s: %s", self.location, e)
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._url = self.config.url
 
     @property
     def page_size(self) -> int:

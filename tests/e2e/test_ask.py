@@ -25,7 +25,8 @@ XQUAD = ROOT.parent / "shared" / "data" / "xquad"
 def pipeline(served, monkeypatch_module):
     for name, value in served.items():
         monkeypatch_module.setenv(name, value)
-    return Pipeline(load_settings(CONFIG))
+    with Pipeline(load_settings(CONFIG)) as rag:
+        yield rag
 
 
 # Question language -> the file (in another language) that alone holds the answer. Pairs the
@@ -53,7 +54,8 @@ def test_cross_lingual_answer(pipeline, lang):
     print(f"\n[{lang}] {q['question']}\n-> {answer.text}\n   [1] {top.chunk.file_name} cited={top.cited}")
 
 
-def test_cli_ask_streams_answer_and_sources(served):
+def test_cli_ask_streams_answer_and_sources(served, pipeline):
+    pipeline.close()  # the embedded store is one process's at a time: this one lets go for the CLI's
     q = QUESTIONS["de"]
     result = run("ask", q["question"], "-c", "handbook", "--config", CONFIG, env=served, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -85,8 +87,8 @@ def test_follow_up_is_rewritten_with_the_conversation(pipeline):
 
 
 def test_not_found_in_the_users_language_without_asking_the_llm(served):
-    rag = Pipeline(load_settings(CONFIG, **_env_overrides(served), generation={"min_retrieval_score": 5.0}))
-    answer = rag.ask("Wie hoch ist der Mount Everest?", collection="handbook")
+    with Pipeline(load_settings(CONFIG, **_env_overrides(served), generation={"min_retrieval_score": 5.0})) as rag:
+        answer = rag.ask("Wie hoch ist der Mount Everest?", collection="handbook")
     assert not answer.found and answer.text == not_found_message("de") and answer.language == "de"
     assert answer.usage.calls == 0 and not answer.cited
 

@@ -82,6 +82,7 @@ def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handboo
 
     from tests.integration.test_cli import BABELRAG
 
+    handbook.close()  # the embedded store is one process's at a time: this one lets go for serve's
     port = free_port()
     env = {
         **os.environ, "BABELRAG_SERVER_PORT": str(port), "BABELRAG_SERVER_TOKEN": "t0ken",

@@ -268,6 +268,26 @@ def test_a_second_process_is_refused_the_embedded_store_with_the_holder_named(st
     assert again.returncode == 0 and again.stdout == "", again.stderr
 
 
+def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(store):
+    write_documents(store, "kb1", [document("/kb/a.md", "de", 3, 1)])
+    store.query("kb1", np.ones((1, DIM), np.float32), top_k=3)  # this process's HNSW is loaded
+    store.close()
+    code = (
+        "import numpy as np; from rag.config import StoreConfig; from rag.store import ChromaStore\n"
+        "from ingestion.job import write_documents, delete_sources\n"
+        "from rag.config import IngestionConfig; from tests.unit.test_collection_state import document\n"
+        f"s = ChromaStore(StoreConfig(path={str(store.config.path)!r}))\n"
+        "delete_sources(s, 'kb1', ['/kb/a.md'], config=IngestionConfig())\n"
+        "write_documents(s, 'kb1', [document('/kb/b.md', 'th', 4, 2)])\n"
+        "s.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    hits = store.query("kb1", np.ones((1, DIM), np.float32), top_k=10)[0]
+    assert sorted(h.chunk.source for h in hits) == ["/kb/b.md"] * 4
+    assert store.state("kb1").documents == 1 and set(store.manifest("kb1")) == {"/kb/b.md"}
+
+
 def test_the_lock_of_a_killed_process_is_free(tmp_path):
     path = tmp_path / "chroma"
     code = (

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from rag.config import Settings
+from rag.config import load_settings
 from rag.errors import IngestionError
 from ui.rest import IngestJobs
 
 
 def jobs(**server) -> IngestJobs:
-    return IngestJobs(SimpleNamespace(settings=Settings(server=server)))
+    return IngestJobs(SimpleNamespace(settings=load_settings(server=server)))
 
 
 def test_without_roots_only_this_machine_may_ingest_its_files(tmp_path):
