@@ -30,9 +30,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def scratch_pipeline(config: Path, store_path: Path) -> Pipeline:
-    """A Pipeline with ``config``'s models on a fresh embedded Chroma at ``store_path``."""
-    settings = load_settings(config)
+def scratch_pipeline(config: Path, store_path: Path, *, embedding: dict | None = None) -> Pipeline:
+    """A Pipeline with ``config``'s models (``embedding`` settings over them) on a fresh embedded
+    Chroma at ``store_path``."""
+    settings = load_settings(config, embedding=embedding)
     settings.store.path = store_path
     settings.store.url = None
     return Pipeline(settings)

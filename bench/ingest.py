@@ -55,9 +55,8 @@ def main() -> None:
 
     results = {}
     for variant in variants:
-        rag = scratch_pipeline(args.config, work / f"chroma-{variant or 'config'}")
-        if variant is not None:
-            rag.settings.embedding = rag.settings.embedding.model_copy(update=EMBEDDING_VARIANTS[variant])
+        embedding = EMBEDDING_VARIANTS[variant] if variant is not None else None
+        rag = scratch_pipeline(args.config, work / f"chroma-{variant or 'config'}", embedding=embedding)
         results[variant or "config"] = measure(rag, work / "corpus", rows, rerun=variant == variants[0])
         del rag
         gc.collect()
