@@ -15,9 +15,9 @@ COPY ui ./ui
 COPY configs ./configs
 RUN pip install .
 
-# Knowledge bases and uploads live in a volume; models are hub ids or folders mounted at /models.
+# Knowledge bases, their keyword indexes and uploads live in a volume; models are hub ids or folders mounted at /models.
 # Web UI + REST: docker run -p 7860:7860 -e BABELRAG_SERVER_TOKEN=... -e BABELRAG_LLM_BASE_URL=... IMAGE serve
-ENV BABELRAG_STORE_PATH=/data/chroma BABELRAG_SERVER_UPLOAD_DIR=/data/uploads BABELRAG_SERVER_HOST=0.0.0.0 \
+ENV BABELRAG_STORE_PATH=/data/chroma BABELRAG_STORE_INDEX_DIR=/data/index BABELRAG_SERVER_UPLOAD_DIR=/data/uploads BABELRAG_SERVER_HOST=0.0.0.0 \
     GRADIO_ANALYTICS_ENABLED=False
 VOLUME ["/data"]
 EXPOSE 7860
