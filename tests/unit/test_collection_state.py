@@ -273,9 +273,9 @@ def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(stor
     store.query("kb1", np.ones((1, DIM), np.float32), top_k=3)  # this process's HNSW is loaded
     store.close()
     code = (
-        "import numpy as np; from rag.config import StoreConfig; from rag.store import ChromaStore\n"
-        "from ingestion.job import write_documents, delete_sources\n"
-        "from rag.config import IngestionConfig; from tests.unit.test_collection_state import document\n"
+        "from ingestion.job import delete_sources, write_documents\n"
+        "from rag.config import IngestionConfig, StoreConfig; from rag.store import ChromaStore\n"
+        "from tests.unit.test_collection_state import document\n"
         f"s = ChromaStore(StoreConfig(path={str(store.config.path)!r}))\n"
         "delete_sources(s, 'kb1', ['/kb/a.md'], config=IngestionConfig())\n"
         "write_documents(s, 'kb1', [document('/kb/b.md', 'th', 4, 2)])\n"
