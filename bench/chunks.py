@@ -24,7 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import rag  # noqa: F401  # first: importing ingestion.chunker before rag is a circular import
-from ingestion.chunker import SentenceChunker, sentence_spans, tokenizer_spans
+from ingestion.chunker import SentenceChunker, tokenizer_spans
+from rag.text import sentence_spans
 from rag import load_settings
 from rag.config import ChunkingConfig
 from rag.models import resolve_model

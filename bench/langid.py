@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rag  # noqa: F401  # first: importing ingestion.chunker before rag is a circular import
-from ingestion.chunker import sentence_spans
+from rag.text import sentence_spans
 from rag.config import LanguageConfig
 
 KINDS = ("question", "sentence", "chunk", "paragraph", "mixed")

@@ -17,7 +17,7 @@ import time
 from common import XQUAD, read_jsonl
 
 from rag.config import LLMConfig
-from rag.generator import LLMClient
+from rag.llm import LLMClient
 
 
 def prompts(n: int, words: int) -> list[list[dict[str, str]]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, XQUAD, read_jsonl
 
-from ingestion.chunker import sentence_spans
+from rag.text import sentence_spans
 from rag.store import ManifestEntry
 from rag.types import Chunk
 

@@ -17,55 +17,8 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from rag.config import ChunkingConfig
+from rag.text import sentence_spans
 from rag.types import Chunk, Document
-
-# A sentence ends after terminal punctuation (Latin, Devanagari danda, Arabic, CJK, ellipsis)
-# plus closing quotes/brackets, followed by whitespace -- or at once for CJK full-width marks;
-# or at a line break; or at a space between two Thai letters; or at a full stop with the space
-# after it missing ("yaşadı.Tesla", "المغول.سلالة"), seen in xquad.
-_BOUNDARY = re.compile(
-    r"(?<=[.!?।॥؟۔…])[\"'”’»)\]]*\s+"
-    r"|(?<=[。！？])[」』”’）]*\s*"
-    r"|\s*\n\s*"
-    r"|(?<=[\u0E00-\u0E7F])[ \t]+(?=[\u0E00-\u0E7F])"
-    r"|(?<=[^\W\d_A-Z]{2}\.)(?=[A-ZÀ-ÞА-ЯЁ][^\W\d_])"
-    r"|(?<=[\u0621-\u064A]{2}\.)(?=[\u0621-\u064A])"
-)
-# A full stop after these does not end a sentence: initials ("Frederick W. Smith", "н. э."),
-# ordinals ("Am 8. Februar", "19. yüzyıl") and common abbreviations. Measured on xquad, the
-# plain rule cut 33 German, 19 Turkish and 12 Russian sentences into 1-2 token fragments.
-_NO_END = re.compile(
-    r"(?:^|[\s(\[\"'«„])(?:[^\W\d_]|\d{1,2}|"
-    r"Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Nr|No|vs|ca|bzw|usw|ggf|vgl|Abs|Art|Bd|Hrsg|Jh|geb|gest|"
-    r"z\.\s?B|d\.\s?h|u\.\s?a|e\.\s?g|i\.\s?e|т\.\s?е|т\.\s?д|т\.\s?к|и\.\s?т\.\s?д|г|гг|им|др|"
-    r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.$"
-)
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence in ``text``, whitespace trimmed, empty ones dropped."""
-    spans, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        if text[m.start() - 1 : m.start()] == "." and _NO_END.search(text, max(0, m.start() - 16), m.start()):
-            continue
-        spans.append((start, m.start() if m.group().strip() == "" else m.end()))
-        start = m.end()
-    spans.append((start, len(text)))
-    return trim_spans(text, spans)
-
-
-def trim_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``spans`` of ``text`` without leading and trailing whitespace; empty ones dropped."""
-    out = []
-    for s, e in spans:
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if e > s:
-            out.append((s, e))
-    return out
-
 
 class TokenSpans(Protocol):
     def __call__(self, text: str) -> list[tuple[int, int]]:

@@ -23,7 +23,9 @@ from rag.errors import (
     StoreLockedError,
 )
 from rag.evidence import Evidence
-from rag.pipeline import Pipeline
+from rag.options import QueryOptions
+from rag.pipeline import Pipeline, Readiness
+from rag.trace import Trace
 from rag.store import CollectionInfo, ManifestEntry
 from rag.types import Answer, Chunk, Citation, CitedSentence, Document, Hit, LoadedText, Usage
 
@@ -56,9 +58,12 @@ __all__ = [
     "ModelNotFoundError",
     "Pipeline",
     "QueryError",
+    "QueryOptions",
+    "Readiness",
     "Settings",
     "StoreError",
     "StoreLockedError",
+    "Trace",
     "Usage",
     "load_settings",
 ]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from rag.config import ChatConfig
 from rag.errors import QueryError
-from rag.generator import LLMClient, Message
+from rag.llm import LLMClient, Message
 from rag.keyword import tokenize
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import LANGUAGES, english_name
@@ -86,7 +86,16 @@ def rewrite_follow_up(
     llm: LLMClient, identifier: LanguageIdentifier, history: Sequence[ChatMessage], message: str,
     language: str | None,
 ) -> tuple[str, Usage]:  # fmt: skip
-    """``message`` rewritten to stand alone, and the tokens it cost.
+    """``message`` rewritten to stand alone, and the tokens it cost (see ``accept_rewrite``)."""
+    completion = llm.complete(rewrite_messages(history, message, language), max_tokens=96)
+    return accept_rewrite(completion.text, history, message, language, identifier), completion.usage
+
+
+def accept_rewrite(
+    completion: str, history: Sequence[ChatMessage], message: str, language: str | None,
+    identifier: LanguageIdentifier,
+) -> str:  # fmt: skip
+    """The standalone question to retrieve for, from the LLM's rewrite ``completion``.
 
     A rewrite that is empty, runs on, is in another language than ``language``, or takes no
     term from the conversation is not trusted: the previous question and the message together
@@ -94,20 +103,19 @@ def rewrite_follow_up(
     """
     previous = next((m.content for m in reversed(history) if m.role == "user"), "")
     fallback = f"{previous} {message}".strip()
-    completion = llm.complete(rewrite_messages(history, message, language), max_tokens=96)
-    text = completion.text.strip().splitlines()[0] if completion.text.strip() else ""
+    text = completion.strip().splitlines()[0] if completion.strip() else ""
     text = _PREFIX.sub("", text).strip().strip('"“”«»「」').strip()
     rewritten_language = dominant_language(identifier, text, fallback=language)
     if not text or len(text) > 3 * len(fallback) + 200:
         log.info("follow-up rewrite %r not used (empty or too long)", text)
-        return fallback, completion.usage
+        return fallback
     if language and rewritten_language != language:
         log.info("follow-up rewrite %r is in %s, not %s; not used", text, rewritten_language, language)
-        return fallback, completion.usage
+        return fallback
     if not carries_context(text, message, history):
         log.info("follow-up rewrite %r adds nothing from the conversation; not used", text)
-        return fallback, completion.usage
-    return text, completion.usage
+        return fallback
+    return text
 
 
 def carries_context(rewrite: str, message: str, history: Sequence[ChatMessage]) -> bool:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingestion.chunker import sentence_spans as source_sentence_spans
-from rag.answering import numbers_in
+from rag.citations import numbers_in
+from rag.text import sentence_spans as source_sentence_spans
 from rag.embedder import Embedder
 from rag.types import Answer, Citation
 

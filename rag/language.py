@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from rag.config import LanguageConfig
 from rag.errors import ConfigError
+from rag.text import LANGUAGE_SCRIPT, SCRIPT_LANGUAGE, script_counts, script_of, script_share
 
 
 @runtime_checkable
@@ -152,49 +153,7 @@ def language_identifier(config: LanguageConfig | None = None) -> LanguageIdentif
     return LinguaIdentifier(config) if config.detector == "lingua" else FastTextIdentifier(config)
 
 
-# Scripts that name their language outright (for the languages BabelRAG knows), and the Unicode
-# blocks of each script. A Han character counts as 3 letters: it carries about a short word.
-_SCRIPT_BLOCKS: list[tuple[str, int, int]] = [
-    ("latin", 0x0041, 0x024F), ("greek", 0x0370, 0x03FF), ("cyrillic", 0x0400, 0x052F),
-    ("hebrew", 0x0590, 0x05FF), ("arabic", 0x0600, 0x06FF), ("arabic", 0x0750, 0x077F),
-    ("devanagari", 0x0900, 0x097F), ("bengali", 0x0980, 0x09FF), ("tamil", 0x0B80, 0x0BFF),
-    ("thai", 0x0E00, 0x0E7F), ("hangul", 0x1100, 0x11FF), ("latin", 0x1E00, 0x1EFF),
-    ("kana", 0x3041, 0x30FF), ("han", 0x3400, 0x4DBF), ("han", 0x4E00, 0x9FFF),
-    ("hangul", 0xAC00, 0xD7AF), ("arabic", 0xFB50, 0xFDFF), ("arabic", 0xFE70, 0xFEFF),
-]  # fmt: skip
-_SCRIPT_LANGUAGE = {"greek": "el", "hebrew": "he", "bengali": "bn", "tamil": "ta", "thai": "th", "hangul": "ko"}
-LANGUAGE_SCRIPT = {
-    "el": "greek", "he": "hebrew", "bn": "bengali", "ta": "tamil", "th": "thai", "ko": "hangul",
-    "ru": "cyrillic", "uk": "cyrillic", "bg": "cyrillic", "sr": "cyrillic", "mk": "cyrillic", "be": "cyrillic",
-    "kk": "cyrillic", "ar": "arabic", "fa": "arabic", "ur": "arabic", "ps": "arabic", "hi": "devanagari",
-    "mr": "devanagari", "ne": "devanagari", "sa": "devanagari", "ja": "kana", "zh": "han",
-}  # fmt: skip
-
-
-def script_of(ch: str) -> str | None:
-    cp = ord(ch)
-    for name, lo, hi in _SCRIPT_BLOCKS:
-        if lo <= cp <= hi:
-            return name if ch.isalpha() or name in ("thai", "devanagari", "bengali", "tamil") else None
-    return None
-
-
-def script_counts(text: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for ch in text:
-        script = script_of(ch)
-        if script:
-            counts[script] = counts.get(script, 0) + (3 if script == "han" else 1)
-    return counts
-
-
 CONFIDENT = 0.5  # fastText's probability above which its answer stands (if its script is there)
-
-
-def script_share(code: str, counts: dict[str, int]) -> float:
-    script = LANGUAGE_SCRIPT.get(code, "latin")
-    present = counts.get(script, 0) + (counts.get("han", 0) if code == "ja" else 0)
-    return present / max(sum(counts.values()), 1)
 
 
 def dominant_language(
@@ -236,8 +195,8 @@ def dominant_language(
             return "zh" if code == "ja" and not counts.get("kana") else code
     if counts.get("kana") and counts.get("kana", 0) + counts.get("han", 0) >= max(counts.values()):
         return "ja"
-    if script in _SCRIPT_LANGUAGE:
-        return _SCRIPT_LANGUAGE[script]
+    if script in SCRIPT_LANGUAGE:
+        return SCRIPT_LANGUAGE[script]
     if script == "han":
         return "zh"
     kept = " ".join("".join(ch if script_of(ch) in (script, None) else " " for ch in text).split())

@@ -1,39 +1,40 @@
-"""The public Python API: ingest, retrieve, ask, stream. Front ends call only this."""
+"""The public Python API: ingest, retrieve, ask, stream, chat, sync and async. Front ends call only this.
+
+Every query method takes one ``QueryOptions`` (or its fields as keyword arguments): where to look,
+how many sources, which reranker, which answer language. It is resolved against the settings
+once, in ``_resolve``; nothing below that sees an unresolved option.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Unpack, get_args
 
 from ingestion.chunker import SentenceChunker, tokenizer_spans
-from ingestion.job import IngestReport, Progress, delete_sources, ingest_files
+from ingestion.job import IngestReport, Progress, delete_sources, index_fingerprint, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
-from rag.answering import (
-    DEFAULT_CONTEXT_TOKENS,
-    PROMPT_MARGIN_TOKENS,
-    AnswerPlan,
-    AnswerStream,
-    TokenCount,
-    below_thresholds,
-    fit_sources,
-    token_counter,
-)
-from rag.chat import ChatMessage, bound_history, rewrite_follow_up
+from rag.answering import AnswerPlan, AnswerStream
+from rag.budget import below_thresholds, context_budget, fit_sources
+from rag.chat import ChatMessage, accept_rewrite, bound_history, rewrite_messages
 from rag.config import RerankerKind, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
-from rag.errors import ConfigError, QueryError, StoreError, StoreLockedError
+from rag.errors import BabelRAGError, ConfigError, QueryError, StoreError, StoreLockedError
 from rag.evidence import Evidence, locate_evidence
-from rag.generator import Generator, LLMClient, OpenAIGenerator, build_messages
+from rag.generator import Generator, OpenAIGenerator
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
+from rag.llm import LLMClient, TokenCount
+from rag.options import QueryFields, QueryOptions, ResolvedQuery
 from rag.remote import ingest_through_server
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
 from rag.retriever import DenseRetriever, HybridRetriever, Retriever
-from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore, Where
-from rag.types import Answer, Hit, Usage
+from rag.store import ChromaStore, CollectionInfo, ManifestEntry, VectorStore
+from rag.trace import Trace
+from rag.types import Answer, Chunk, Hit
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ class Pipeline:
         )
         self._rerankers: dict[str, Reranker] = {}
         self._count: TokenCount | None = None
-        self._max_model_len: int | None = None
 
     def close(self) -> None:
         """Let go of the store, so another process may open an embedded store (the next call
@@ -126,9 +126,7 @@ class Pipeline:
                 reindex=reindex, lease_wait_s=lease_wait_s, progress=progress,
             )  # fmt: skip
         self._check_chunk_budget()
-        chunker = SentenceChunker(
-            tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
-        )
+        chunker = self._chunker()
         config = self.settings.ingestion
         if lease_wait_s is not None:
             config = config.model_copy(update={"lease_wait_s": lease_wait_s})
@@ -157,6 +155,11 @@ class Pipeline:
         except StoreError as e:  # e.g. a job that failed before creating the collection
             log.info("derived indexes of %r not refreshed: %s", collection, e)
 
+    def _chunker(self) -> SentenceChunker:
+        return SentenceChunker(
+            tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
+        )
+
     def _check_chunk_budget(self) -> None:
         """Chunks plus their prompt and title/section context must fit the embedding model."""
         limit = self.embedder.max_tokens
@@ -170,6 +173,51 @@ class Pipeline:
 
     def collections(self) -> list[CollectionInfo]:
         return self.store.collections()
+
+    def create_collection(self, name: str) -> CollectionInfo:
+        """An empty collection ``name`` for this pipeline's embedding model and chunking (an
+        existing one built with them is kept; one built with others is an IndexMismatchError)."""
+        chunker = self._chunker()
+        self.store.ensure_collection(name, fingerprint=index_fingerprint(self.embedder, chunker))
+        return self.store.info(name)
+
+    def delete_collection(self, name: str) -> None:
+        """Delete collection ``name``, its chunks and its manifest (not while a job writes it)."""
+        self.store.require(name)
+        config = self.settings.ingestion
+        with self.store.lease(name, job="delete-collection", ttl_s=config.lease_ttl_s, wait_s=0):
+            self.store.delete_collection(name)
+        self._refresh(name)
+
+    def get_chunk(self, chunk_id: str, collection: str | None = None) -> Chunk:
+        """One chunk by its id (``Hit.chunk.id``, ``Citation.chunk.id``), with its text and span."""
+        collection = collection or self.settings.store.collection
+        self.store.require(collection)
+        found = self.store.get(collection, [chunk_id])
+        if not found:
+            raise QueryError(f"collection {collection!r} has no chunk {chunk_id!r}; chunk ids come with each hit")
+        return found[0]
+
+    def readiness(self) -> dict[str, Readiness]:
+        """Whether the store and the LLM server answer now, each with what went wrong."""
+        checks: dict[str, Readiness] = {}
+        t0 = time.perf_counter()
+        try:
+            self.store.collections()
+            checks["store"] = Readiness(True, self.store.location, time.perf_counter() - t0)
+        except BabelRAGError as e:
+            checks["store"] = Readiness(False, str(e), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        try:
+            served = self.llm.served_models()
+            ok = self.settings.llm.model in served
+            detail = self.settings.llm.base_url if ok else (
+                f"{self.settings.llm.base_url} does not serve {self.settings.llm.model!r} (served: {', '.join(served)})"
+            )  # fmt: skip
+            checks["llm"] = Readiness(ok, detail, time.perf_counter() - t0)
+        except BabelRAGError as e:
+            checks["llm"] = Readiness(False, str(e), time.perf_counter() - t0)
+        return checks
 
     def documents(self, collection: str | None = None) -> list[ManifestEntry]:
         """The source files of ``collection``, as its ingestion manifest records them."""
@@ -187,9 +235,14 @@ class Pipeline:
         self._refresh(collection)
         return deleted
 
+    # -- query options ---------------------------------------------------------------------
+
+    def _resolve(self, options: QueryOptions | None, fields: QueryFields) -> ResolvedQuery:
+        return QueryOptions.of(options, **fields).resolve(self.settings)
+
     # -- retrieval -----------------------------------------------------------------------
 
-    def reranker(self, kind: str | None = None) -> Reranker:
+    def reranker(self, kind: RerankerKind | None = None) -> Reranker:
         kind = kind or self.settings.reranker.kind
         if kind not in self._rerankers:
             if kind == "none":
@@ -202,211 +255,205 @@ class Pipeline:
                 raise QueryError(f"unknown reranker {kind!r}; choose one of {', '.join(get_args(RerankerKind))}")
         return self._rerankers[kind]
 
-    def retrieve(
-        self,
-        query: str,
-        *,
-        collection: str | None = None,
-        top_k: int | None = None,
-        where: Where | None = None,
-        reranker: str | None = None,
-    ) -> list[Hit]:
+    def retrieve(self, query: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]) -> list[Hit]:
         """Best ``top_k`` chunks for ``query``: first-stage candidates, then the reranker's order.
 
         ``where`` filters on chunk metadata, e.g. ``{"language": "de"}`` or ``{"source": path}``.
         """
-        return self.retrieve_many([query], collection=collection, top_k=top_k, where=where, reranker=reranker)[0]
+        return self._retrieve_many([query], self._resolve(options, fields))[0]
 
     def retrieve_many(
-        self,
-        queries: Sequence[str],
-        *,
-        collection: str | None = None,
-        top_k: int | None = None,
-        where: Where | None = None,
-        reranker: str | None = None,
+        self, queries: Sequence[str], options: QueryOptions | None = None, **fields: Unpack[QueryFields]
     ) -> list[list[Hit]]:
         """``retrieve`` for a batch of queries: one embedding call and one store call."""
-        return self._retrieve_many(queries, collection=collection, top_k=top_k, where=where, reranker=reranker)
+        return self._retrieve_many(queries, self._resolve(options, fields))
+
+    async def aretrieve(
+        self, query: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]
+    ) -> list[Hit]:
+        """``retrieve`` for asyncio: embedding and the store run in a worker thread (both block
+        on CPU or the store's I/O), so the event loop keeps serving."""
+        resolved = self._resolve(options, fields)
+        return (await asyncio.to_thread(self._retrieve_many, [query], resolved))[0]
 
     def _retrieve_many(
-        self,
-        queries: Sequence[str],
-        *,
-        collection: str | None,
-        top_k: int | None,
-        where: Where | None,
-        reranker: str | None,
-        languages: Sequence[str | None] | None = None,
-        timings: dict[str, float] | None = None,
-    ) -> list[list[Hit]]:
-        queries = [_check_question(q) for q in queries]
-        top_k = top_k or self.settings.retrieval.top_k
-        if top_k < 1:
-            raise QueryError(f"top_k must be at least 1, got {top_k}")
-        collection = collection or self.settings.store.collection
-        self.store.require(collection)  # an unknown collection fails before any model loads
-        rerank = self.reranker(reranker)
-        depth = max(top_k, self.settings.retrieval.candidates)
-        t0 = time.perf_counter()
-        if languages is None:
-            languages = [dominant_language(self.language, q) for q in queries]
-        batches = self.retriever.retrieve(queries, collection, top_k=depth, where=where, languages=list(languages))
-        t1 = time.perf_counter()
-        ranked = [rerank.rerank(q, hits)[:top_k] for q, hits in zip(queries, batches, strict=True)]
-        if timings is not None:
-            timings["retrieve"] = t1 - t0
-            timings["rerank"] = time.perf_counter() - t1
-        return ranked
+        self, queries: Sequence[str], q: ResolvedQuery, *, languages: Sequence[str | None] | None = None,
+        trace: Trace | None = None,
+    ) -> list[list[Hit]]:  # fmt: skip
+        queries = [_check_question(text) for text in queries]
+        self.store.require(q.collection)  # an unknown collection fails before any model loads
+        rerank = self.reranker(q.reranker)
+        trace = trace or Trace()
+        with trace.stage("retrieve"):
+            if languages is None:
+                languages = [dominant_language(self.language, text) for text in queries]
+            batches = self.retriever.retrieve(
+                queries, q.collection, top_k=q.candidates, where=q.where, languages=list(languages)
+            )
+        with trace.stage("rerank"):
+            return [rerank.rerank(text, hits)[: q.top_k] for text, hits in zip(queries, batches, strict=True)]
 
     # -- generation ----------------------------------------------------------------------
 
-    def stream(
-        self,
-        question: str,
-        *,
-        collection: str | None = None,
-        top_k: int | None = None,
-        where: Where | None = None,
-        reranker: str | None = None,
-        language: str | None = None,
-    ) -> AnswerStream:
+    def stream(self, question: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]) -> AnswerStream:
         """Retrieve now; the returned stream yields the answer text as the LLM writes it.
 
         ``language`` forces the answer language (ISO 639-1); by default it is
         ``generation.answer_language`` or else the question's.
         """
-        started = time.perf_counter()
-        question = _check_question(question)
-        question_language = dominant_language(self.language, question)
-        timings = {"language": time.perf_counter() - started}
-        return self._answer_stream(
-            question, None, question_language, started=started, timings=timings, usage=Usage(),
-            collection=collection, top_k=top_k, where=where, reranker=reranker, language=language,
-        )  # fmt: skip
+        trace = Trace()
+        q = self._resolve(options, fields)
+        question, question_language = self._question(question, trace)
+        return self._answer_stream(question, None, question_language, q, trace)
 
-    def ask(self, question: str, **options: Any) -> Answer:
+    def ask(self, question: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]) -> Answer:
         """Like ``stream``, but waits for the whole answer."""
-        return self.stream(question, **options).answer()
+        return self.stream(question, options, **fields).answer()
+
+    async def astream(
+        self, question: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]
+    ) -> AnswerStream:
+        """``stream`` for asyncio: retrieval in a worker thread, then ``async for piece in stream``
+        reads the LLM through the async client (no thread waits on it)."""
+        trace = Trace()
+        q = self._resolve(options, fields)
+        question, question_language = await asyncio.to_thread(self._question, question, trace)
+        return await asyncio.to_thread(self._answer_stream, question, None, question_language, q, trace)
+
+    async def aask(self, question: str, options: QueryOptions | None = None, **fields: Unpack[QueryFields]) -> Answer:
+        """Like ``astream``, but waits for the whole answer."""
+        return await (await self.astream(question, options, **fields)).aanswer()
 
     def chat_stream(
-        self,
-        history: Sequence[ChatMessage | Mapping[str, Any]],
-        message: str,
-        *,
-        collection: str | None = None,
-        top_k: int | None = None,
-        where: Where | None = None,
-        reranker: str | None = None,
-        language: str | None = None,
-    ) -> AnswerStream:
+        self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, options: QueryOptions | None = None,
+        **fields: Unpack[QueryFields],
+    ) -> AnswerStream:  # fmt: skip
         """Answer ``message``, a turn of a conversation: a follow-up ("and in 2019?") is first
         rewritten by the LLM into a standalone question in the user's language, which is what is
         retrieved for and answered (``Answer.standalone_question``). ``history`` holds earlier
         messages as ``{"role": "user"|"assistant", "content": str}`` (Gradio's format) or
         ChatMessage; only the last ``chat.max_messages`` (and ``chat.max_history_chars``) count.
         """
-        started = time.perf_counter()
-        message = _check_question(message)
-        turns = bound_history(history, self.settings.chat)
-        previous = next(
-            (dominant_language(self.language, m.content) for m in reversed(turns) if m.role == "user"), None
-        )
-        question_language = dominant_language(self.language, message, fallback=previous)
-        timings = {"language": time.perf_counter() - started}
-        usage = Usage()
+        trace = Trace()
+        q = self._resolve(options, fields)
+        turn = self._turn(history, message, q, trace)
         standalone = None
-        if turns and self.settings.chat.rewrite:
-            t0 = time.perf_counter()
-            target = language or self.settings.generation.answer_language or question_language
-            standalone, usage = rewrite_follow_up(self.llm, self.language, turns, message, question_language or target)
-            timings["rewrite"] = time.perf_counter() - t0
-        return self._answer_stream(
-            message, standalone, question_language, started=started, timings=timings, usage=usage,
-            collection=collection, top_k=top_k, where=where, reranker=reranker, language=language,
-        )  # fmt: skip
+        if turn.rewrite is not None:
+            with trace.stage("rewrite"):
+                completion = self.llm.complete(turn.rewrite, max_tokens=96)
+                trace.add(completion.usage)
+                standalone = accept_rewrite(completion.text, turn.turns, turn.message, turn.language, self.language)
+        return self._answer_stream(turn.message, standalone, turn.question_language, q, trace)
 
-    def chat(self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, **options: Any) -> Answer:
+    def chat(
+        self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, options: QueryOptions | None = None,
+        **fields: Unpack[QueryFields],
+    ) -> Answer:  # fmt: skip
         """Like ``chat_stream``, but waits for the whole answer."""
-        return self.chat_stream(history, message, **options).answer()
+        return self.chat_stream(history, message, options, **fields).answer()
+
+    async def achat_stream(
+        self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, options: QueryOptions | None = None,
+        **fields: Unpack[QueryFields],
+    ) -> AnswerStream:  # fmt: skip
+        """``chat_stream`` for asyncio: the follow-up rewrite on the async client."""
+        trace = Trace()
+        q = self._resolve(options, fields)
+        turn = await asyncio.to_thread(self._turn, history, message, q, trace)
+        standalone = None
+        if turn.rewrite is not None:
+            with trace.stage("rewrite"):
+                completion = await self.llm.acomplete(turn.rewrite, max_tokens=96)
+                trace.add(completion.usage)
+                standalone = await asyncio.to_thread(
+                    accept_rewrite, completion.text, turn.turns, turn.message, turn.language, self.language
+                )
+        return await asyncio.to_thread(self._answer_stream, turn.message, standalone, turn.question_language, q, trace)
+
+    async def achat(
+        self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, options: QueryOptions | None = None,
+        **fields: Unpack[QueryFields],
+    ) -> Answer:  # fmt: skip
+        """Like ``achat_stream``, but waits for the whole answer."""
+        return await (await self.achat_stream(history, message, options, **fields)).aanswer()
 
     def evidence(self, answer: Answer) -> dict[int, Evidence]:
         """For each cited source of ``answer``, the sentences of its passage that support the answer
         sentences citing it (spans of ``Citation.chunk.text``), found across languages by the embedder."""
         return locate_evidence(answer, self.embedder)
 
+    # -- the steps of an answer, shared by the sync and async methods -------------------------------
+
+    def _question(self, question: str, trace: Trace) -> tuple[str, str | None]:
+        with trace.stage("language"):
+            question = _check_question(question)
+            return question, dominant_language(self.language, question)
+
+    def _turn(
+        self, history: Sequence[ChatMessage | Mapping[str, Any]], message: str, q: ResolvedQuery, trace: Trace
+    ) -> _Turn:
+        with trace.stage("language"):
+            message = _check_question(message)
+            turns = bound_history(history, self.settings.chat)
+            previous = next(
+                (dominant_language(self.language, m.content) for m in reversed(turns) if m.role == "user"), None
+            )
+            question_language = dominant_language(self.language, message, fallback=previous)
+        language = question_language or q.language
+        rewrite = rewrite_messages(turns, message, language) if turns and self.settings.chat.rewrite else None
+        return _Turn(message, turns, question_language, language, rewrite)
+
     def _answer_stream(
-        self, question: str, standalone: str | None, question_language: str | None, *, started: float,
-        timings: dict[str, float], usage: Usage, collection: str | None, top_k: int | None, where: Where | None,
-        reranker: str | None, language: str | None,
-    ) -> AnswerStream:  # fmt: skip
+        self, question: str, standalone: str | None, question_language: str | None, q: ResolvedQuery, trace: Trace
+    ) -> AnswerStream:
         g = self.settings.generation
-        target = language or g.answer_language or question_language
-        if target is not None and not re.fullmatch(r"[a-z]{2,3}", target):
-            raise QueryError(f"answer language must be an ISO 639-1 code such as 'de' or 'zh', got {target!r}")
+        target = q.language or question_language
         retrieved_for = standalone or question
         retrieved_language = (
             question_language
             if standalone is None
             else dominant_language(self.language, standalone, fallback=question_language)
         )
-        hits = self._retrieve_many(
-            [retrieved_for], collection=collection, top_k=top_k, where=where, reranker=reranker,
-            languages=[retrieved_language], timings=timings,
-        )[0]  # fmt: skip
-        t0 = time.perf_counter()
-        reranked = (reranker or self.settings.reranker.kind) != "none"
-        why = below_thresholds(hits, g, reranked=reranked)
-        if why is not None:
-            fitted = None
-            log.info("not found without asking the LLM: %s", why)
-        else:
-            count = self._token_count()
-            fitted = fit_sources(hits, self._context_budget(retrieved_for, target, count), count)
-        timings["fit"] = time.perf_counter() - t0
+        hits = self._retrieve_many([retrieved_for], q, languages=[retrieved_language], trace=trace)[0]
+        with trace.stage("fit"):
+            why = below_thresholds(hits, g, reranked=q.reranker != "none")
+            if why is not None:
+                fitted = None
+                log.info("not found without asking the LLM: %s", why)
+            else:
+                count = self._token_count()
+                budget = context_budget(
+                    retrieved_for, target, count, config=g, max_tokens=self.settings.llm.max_tokens,
+                    context=self.llm.context_length(),
+                )  # fmt: skip
+                fitted = fit_sources(hits, budget, count)
         plan = AnswerPlan(
             question=question, standalone_question=standalone, question_language=question_language,
-            target_language=target, hits=hits, fitted=fitted, model=self.settings.llm.model, timings=timings,
-            usage=usage, started=started,
+            target_language=target, hits=hits, fitted=fitted, model=self.settings.llm.model, trace=trace,
         )  # fmt: skip
         return AnswerStream(plan, generator=self.generator, llm=self.llm, language=self.language, config=g)
 
     def _token_count(self) -> TokenCount:
         if self._count is None:
-            self._count, kind = token_counter(self.settings)
+            self._count, kind = self.llm.token_counter(self.settings.generation.tokenizer)
             log.info("counting prompt tokens with the %s tokenizer", kind)
         return self._count
 
-    def _context_budget(self, question: str, language: str | None, count: TokenCount) -> int:
-        """Tokens left for sources: generation.context_tokens, and what the server's context
-        (max_model_len) leaves after the instructions, the question and the answer."""
-        budgets = []
-        if self.settings.generation.context_tokens is not None:
-            budgets.append(self.settings.generation.context_tokens)
-        context = self._server_context()
-        if context is not None:
-            frame = sum(count(m["content"]) for m in build_messages(question, [], language=language, strict=True))
-            budgets.append(context - self.settings.llm.max_tokens - frame - PROMPT_MARGIN_TOKENS)
-        budget = min(budgets) if budgets else DEFAULT_CONTEXT_TOKENS
-        if budget < 32:
-            raise QueryError(
-                f"the question leaves {budget} tokens for sources in the model's context ({context} tokens, "
-                f"{self.settings.llm.max_tokens} of them for the answer); shorten the question or lower llm.max_tokens"
-            )
-        return budget
 
-    def _server_context(self) -> int | None:
-        """The served model's max_model_len, asked once; None when the server does not say."""
-        if self._max_model_len is None:
-            try:
-                from rag.llm_server import server_info
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ok: bool
+    detail: str  # where it is, or what went wrong and the fix
+    seconds: float
 
-                info = server_info(self.settings.llm.base_url, timeout_s=5)
-                self._max_model_len = info.max_model_len.get(self.settings.llm.model, 0)
-            except Exception as e:  # noqa: BLE001 - a server that is down fails the answer itself, with its message
-                log.info("cannot ask the LLM server for its context length: %s", e)
-                return None
-        return self._max_model_len or None
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    message: str
+    turns: list[ChatMessage]
+    question_language: str | None
+    language: str | None  # the rewrite's language: the question's, else the forced one
+    rewrite: list[dict[str, str]] | None  # the rewrite prompt; None: nothing to rewrite
 
 
 def _check_question(question: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from rag.config import RerankerConfig
-from rag.generator import LLMClient, Message
+from rag.llm import LLMClient, Message
 from rag.models import missing_model, resolve_model
 from rag.types import Hit
 

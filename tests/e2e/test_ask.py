@@ -94,12 +94,8 @@ def test_not_found_in_the_users_language_without_asking_the_llm(served):
 
 
 def test_server_counts_tokens_like_the_local_tokenizer(pipeline):
-    from rag.answering import token_counter
-
-    settings = pipeline.settings
-    local, kind = token_counter(settings)
-    server, server_kind = token_counter(settings.model_copy(update={"generation": settings.generation.model_copy(
-        update={"tokenizer": "server"})}))  # fmt: skip
+    local, kind = pipeline.llm.token_counter("local")
+    server, server_kind = pipeline.llm.token_counter("server")
     assert (kind, server_kind) == ("local", "server")
     for text in ("Wie viele Urlaubstage?", "有給休暇は年間26日です。", "วันลากี่วัน", "كم عدد أيام الإجازة؟"):
         assert local(text) == server(text)

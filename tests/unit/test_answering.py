@@ -7,10 +7,15 @@ import threading
 
 import pytest
 
-from rag.answering import AnswerPlan, AnswerStream, estimate_tokens, fit_sources, map_citations, sentence_spans
+from rag.answering import AnswerPlan, AnswerStream
+from rag.budget import fit_sources
+from rag.citations import map_citations
+from rag.llm import estimate_tokens
+from rag.text import answer_sentence_spans as sentence_spans
 from rag.config import GenerationConfig, LLMConfig
 from rag.errors import GenerationError
-from rag.generator import LLMClient, OpenAIGenerator
+from rag.generator import OpenAIGenerator
+from rag.llm import LLMClient
 from rag.language import language_identifier
 from rag.languages import not_found_message
 from tests.conftest import free_port
@@ -300,7 +305,7 @@ def test_cancel_stops_the_stream_and_keeps_the_text_so_far():
 
 
 def test_numbers_are_compared_across_scripts_and_separators():
-    from rag.answering import invents_numbers, numbers_in
+    from rag.citations import invents_numbers, numbers_in
 
     assert numbers_in("8,678 km, ٩٠ يوما, ९० दिन, 1.5 [2]") == {"8678", "90", "15"}
     assert not invents_numbers("Das Zertifikat gilt 90 Tage.", ["証明書の有効期間は９０日です。"], "Wie lange?")
@@ -361,7 +366,7 @@ def test_sentinel_is_never_shown_even_without_language_checks():
 def test_score_thresholds_decide_before_the_llm():
     from dataclasses import replace
 
-    from rag.answering import below_thresholds
+    from rag.budget import below_thresholds
 
     hits = [replace(hit("a", score=0.05), retrieval_score=0.4), hit("b", score=0.02)]
     assert below_thresholds([], GenerationConfig(), reranked=False) == "nothing was retrieved"

@@ -7,7 +7,7 @@ import pytest
 from rag.chat import ChatMessage, bound_history, rewrite_follow_up
 from rag.config import ChatConfig, LLMConfig
 from rag.errors import QueryError
-from rag.generator import LLMClient
+from rag.llm import LLMClient
 from rag.language import language_identifier
 from tests.helpers import FakeLLM
 

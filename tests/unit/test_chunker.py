@@ -2,7 +2,8 @@ import re
 
 import pytest
 
-from ingestion.chunker import SentenceChunker, chunk_id, sentence_spans
+from ingestion.chunker import SentenceChunker, chunk_id
+from rag.text import sentence_spans
 from rag.config import ChunkingConfig
 from rag.types import Document
 

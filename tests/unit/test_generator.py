@@ -2,7 +2,8 @@ import pytest
 
 from rag.config import LLMConfig
 from rag.errors import ConfigError, GenerationError
-from rag.generator import LLMClient, PromptSource, build_messages
+from rag.generator import PromptSource, build_messages
+from rag.llm import LLMClient
 from tests.conftest import free_port
 from tests.helpers import FakeLLM, FakeServer, reply
 
@@ -66,8 +67,11 @@ def test_chat_helper_returns_text_and_usage():
 
 
 def test_token_counters(monkeypatch):
-    from rag.answering import estimate_tokens, token_counter
     from rag.config import load_settings  # not Settings(), which refuses other tools' env vars (BABELRAG_LLM_GGUF)
+    from rag.llm import estimate_tokens
+
+    def token_counter(settings):
+        return LLMClient(settings.llm).token_counter(settings.generation.tokenizer)
 
     with FakeLLM("x") as fake:
         settings = load_settings(llm={"base_url": fake.url, "model": "m"}, generation={"tokenizer": "server"})

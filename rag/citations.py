@@ -1,0 +1,120 @@
+"""What an answer's text says about its sources: ``[n]`` markers mapped to sources, the numbers it
+states, and the model's "not found" sentinel."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.text import answer_sentence_spans
+from rag.types import CitedSentence
+
+log = logging.getLogger(__name__)
+
+# [1], [1, 2], [1-3], [Source 1], fullwidth ［１］ and 【１】, any script's digits
+MARKER = re.compile(
+    r"\s?[\[【［]\s*(?:[^\W\d_]{1,12}\s*)?(\d{1,3}(?:\s*[,，、;]\s*\d{1,3}|\s*[-–]\s*\d{1,3})*)\s*[\]】］]"
+)
+_NUMBER = re.compile(r"\d{1,3}(?:\s*[-–]\s*\d{1,3})?")
+
+
+@dataclass(frozen=True, slots=True)
+class MappedCitations:
+    text: str  # markers normalised to [n], markers that cite nothing removed
+    cited: frozenset[int]
+    removed: list[str]
+    sentences: list[CitedSentence]
+
+
+def _ascii_int(digits: str) -> int:
+    return int("".join(str(unicodedata.digit(ch)) for ch in digits if ch.isdigit()))
+
+
+def map_citations(text: str, sources: int) -> MappedCitations:
+    """Normalise the answer's source markers to ``[n]``, drop those that point at no source
+    (logged), and list which sentence cites which sources."""
+    removed: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        numbers: list[int] = []
+        for part in _NUMBER.findall(m.group(1)):
+            values = [_ascii_int(p) for p in re.split(r"\s*[-–]\s*", part)]
+            if len(values) == 2 and values[0] <= values[1] <= values[0] + 20:
+                numbers.extend(range(values[0], values[1] + 1))
+            else:
+                numbers.extend(values)
+        valid = [n for n in dict.fromkeys(numbers) if 1 <= n <= sources]
+        invalid = [n for n in numbers if not 1 <= n <= sources]
+        if invalid:
+            removed.append(m.group(0).strip())
+            log.info("answer cites %s, but %d sources were given; removed", m.group(0).strip(), sources)
+        lead = " " if m.group(0)[0].isspace() and valid else ""
+        return lead + "".join(f"[{n}]" for n in valid)
+
+    clean = MARKER.sub(replace, text)
+    clean = re.sub(r"[ \t]+([.,;:!?])", r"\1", clean) if removed else clean
+    cited: set[int] = set()
+    sentences = []
+    for s, e in answer_sentence_spans(clean):
+        found = (int(n) for n in re.findall(r"\[(\d{1,3})\]", clean[s:e]))
+        numbers = tuple(dict.fromkeys(n for n in found if 1 <= n <= sources))
+        cited.update(numbers)
+        sentences.append(CitedSentence(text=clean[s:e], start=s, end=e, sources=numbers))
+    return MappedCitations(clean, frozenset(cited), removed, sentences)
+
+
+_NUMBER_TOKEN = re.compile(r"\d+(?:[.,'’ ]\d+)*")
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers of ``text`` in ASCII digits without separators: "8,678" and "८६७८" are "8678"."""
+    text = re.sub(r"\[\d{1,3}\]", " ", text)
+    return {
+        "".join(str(unicodedata.digit(ch)) for ch in m.group(0) if ch.isdigit()) for m in _NUMBER_TOKEN.finditer(text)
+    }
+
+
+def invents_numbers(answer: str, sources: Sequence[str], question: str) -> bool:
+    """The answer states numbers, and none of them (other than the question's own) is in any source.
+
+    Numbers are the one kind of fact that can be checked across languages and scripts without
+    a model: a German answer from a Japanese source still says "90". An answer that cites no
+    source and whose every number is in none of them was not taken from the knowledge base.
+    """
+    stated = numbers_in(answer) - numbers_in(question)
+    if not stated:
+        return False
+    known = set().union(*(numbers_in(s) for s in sources)) if sources else set()
+    return not (stated & known)
+
+
+_NOT_FOUND = re.compile(r"^\W*not[\s_-]?found\b\W*", re.IGNORECASE)
+
+
+def says_not_found(text: str) -> bool:
+    """The model's sentinel for "the sources do not hold the answer" (possibly with stray markers),
+    or the start of it alone ("NO", "NOT": small models stop early)."""
+    stripped = text.strip()
+    if len(stripped) <= 12 and not re.search(r"\[\d+\]", stripped) and could_be_sentinel(stripped):
+        return len(re.sub(r"[\W_]+", "", stripped)) >= 2
+    rest = _NOT_FOUND.sub("", stripped, count=1) if _NOT_FOUND.match(stripped) else None
+    return rest is not None and not re.search(r"\[\d+\]", rest) and len(rest) < 40
+
+
+def could_be_sentinel(held: str) -> bool:
+    core = re.sub(r"[\W_]+", "", held).upper()
+    return bool(core) and ("NOTFOUND".startswith(core) or core.startswith("NOTFOUND"))
+
+
+def has_content(text: str) -> bool:
+    """A number, or at least 3 letters ("NO" alone answers nothing), besides the markers."""
+    rest = MARKER.sub(" ", text)
+    return any(ch.isdigit() for ch in rest) or sum(ch.isalpha() for ch in rest) >= 3
+
+
+def strip_sentinel(text: str) -> str:
+    """An answer that also wrote the sentinel somewhere: the sentinel goes, the answer stays."""
+    return re.sub(r"\s*\bNOT[_ ]FOUND\b\.?", "", text).strip()
