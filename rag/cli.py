@@ -46,6 +46,13 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(config, **overrides)
 
 
+def _options(**fields: Any):
+    """The query every command builds, as every front end does: a ``QueryOptions``."""
+    from rag.options import QueryOptions
+
+    return QueryOptions.of(**fields)
+
+
 def _pipeline(settings: Settings):
     from rag.pipeline import Pipeline  # heavy imports only for commands that need them
 
@@ -199,10 +206,9 @@ def search(
     config: ConfigOpt = None,
 ) -> None:
     """Show the best chunks for a query (retrieval and reranking, no LLM answer)."""
-    settings = _settings(config, store={"collection": collection, "url": chroma_url})
-    hits = _pipeline(settings).retrieve(
-        query, top_k=top_k, reranker=reranker, where={"language": lang} if lang else None
-    )
+    settings = _settings(config, store={"url": chroma_url})
+    options = _options(collection=collection, top_k=top_k, reranker=reranker, where={"language": lang} if lang else None)
+    hits = _pipeline(settings).retrieve(query, options)
     table = Table("#", "score", "lang", "file", "text")
     for i, hit in enumerate(hits, 1):
         text = " ".join(hit.chunk.text.split())
@@ -226,8 +232,9 @@ def ask(
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from a knowledge base, streaming, then list the numbered sources."""
-    settings = _settings(config, store={"collection": collection, "url": chroma_url})
-    stream = _pipeline(settings).stream(question, top_k=top_k, reranker=reranker, language=answer_language)
+    settings = _settings(config, store={"url": chroma_url})
+    options = _options(collection=collection, top_k=top_k, reranker=reranker, language=answer_language)
+    stream = _pipeline(settings).stream(question, options)
     _print_answer(stream)
 
 
@@ -242,7 +249,8 @@ def chat(
 ) -> None:
     """Chat with a knowledge base: one question per line; follow-ups ("and in 2019?") keep the context.
     An empty line or Ctrl-D ends it."""
-    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    settings = _settings(config, store={"url": chroma_url})
+    options = _options(collection=collection, top_k=top_k, reranker=reranker, language=answer_language)
     pipeline = _pipeline(settings)
     history: list[dict[str, str]] = []
     while True:
@@ -253,7 +261,7 @@ def chat(
         if not message:
             break
         try:
-            stream = pipeline.chat_stream(history, message, top_k=top_k, reranker=reranker, language=answer_language)
+            stream = pipeline.chat_stream(history, message, options)
             answer = _print_answer(stream)
         except BabelRAGError as e:  # one bad turn does not end the conversation
             err.print(f"[red]error:[/] {e}")

@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: thi
 
 import gradio as gr
 
-from rag import BabelRAGError, CollectionNotFoundError, JobProgress, Pipeline, QueryError
+from rag import BabelRAGError, CollectionNotFoundError, JobProgress, Pipeline, QueryError, QueryOptions
 from rag.config import RerankerKind, validate_collection_name
 from ui import render
 
@@ -133,10 +133,11 @@ class WebUI:
         yield chatbot, "", "Searching the knowledge base…", gr.skip(), "", session
         stream = None
         try:
-            stream = self.pipeline.chat_stream(
-                history, message, collection=collection or None, top_k=int(top_k), reranker=reranker,
+            options = QueryOptions.of(
+                collection=collection or None, top_k=int(top_k), reranker=reranker or None,
                 language=None if answer_language in ("", "auto", None) else answer_language,
             )  # fmt: skip
+            stream = self.pipeline.chat_stream(history, message, options)
             session.turns.append(turn)
             t = len(session.turns) - 1
             turn.sources = render.source_cards(t, stream.hits)
