@@ -328,6 +328,9 @@ class VLLMConfig(_Section):
         ),
     }
     extra_args: list[str] = []  # appended as-is; they override a profile's values for the same flag
+    # vLLM's parser of the model's tool calls (agents: LangChain, the OpenAI tools API), e.g. "hermes"
+    # for Qwen2.5, "llama3_json", "mistral"; adds --enable-auto-tool-choice. None: no tool calls.
+    tool_call_parser: str | None = None
     startup_timeout_s: float = Field(300, gt=0)
     run_dir: Path = Path(".babelrag/run")  # pid and log files of detached servers
 

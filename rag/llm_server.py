@@ -51,6 +51,7 @@ def vllm_command(settings: Settings) -> ServerCommand:
         "--host", v.host,
         "--port", str(v.port),
         *(arg for field, value in engine.items() for arg in (ENGINE_FLAGS[field][0], str(value))),
+        *(["--enable-auto-tool-choice", "--tool-call-parser", v.tool_call_parser] if v.tool_call_parser else []),
         *profile.args,
         *v.extra_args,
     ]  # fmt: skip
