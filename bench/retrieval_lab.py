@@ -32,7 +32,7 @@ from common import ROOT, XQUAD
 
 from rag import load_settings
 from rag.embedder import SentenceTransformerEmbedder
-from rag.evaluation import (
+from rag.evaluation.retrieval import (
     DEPTH,
     RunLine,
     eval_collection_name,

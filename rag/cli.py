@@ -341,7 +341,7 @@ def eval_retrieval(
     config: ConfigOpt = None,
 ) -> None:
     """Ingest a benchmark corpus into a throwaway collection and score every query."""
-    from rag.evaluation import evaluate_retrieval, format_report, heatmap
+    from rag.evaluation.retrieval import evaluate_retrieval, format_report, heatmap
 
     tasks = {"both": ("matrix", "polyglot"), "matrix": ("matrix",), "polyglot": ("polyglot",)}.get(task)
     if tasks is None:
@@ -391,7 +391,7 @@ def eval_answers(
 ) -> None:
     """Ask benchmark questions against the polyglot corpus through the LLM server and score the
     answers: language, gold answer in the text, top citation on the gold paragraph, latency, tokens."""
-    from rag.answer_eval import evaluate_answers, format_answer_report
+    from rag.evaluation.answers import evaluate_answers, format_answer_report
 
     settings = _settings(config, store={"url": chroma_url})
     report = evaluate_answers(
@@ -537,6 +537,27 @@ def llm_stop(
     out.print(
         f"stopped vLLM on port {settings.vllm.port}" if stopped else f"no vLLM running on port {settings.vllm.port}"
     )
+
+
+@app.command("mcp")
+def mcp_stdio(
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="The tools' default knowledge base (collection).")
+    ] = None,
+    allow_write: Annotated[
+        bool, typer.Option("--allow-write", help="Offer the tools that change a knowledge base (delete_document).")
+    ] = False,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the knowledge bases to an agent over MCP on stdin/stdout (read-only by default)."""
+    from rag.integrations.mcp import build_mcp_server
+
+    settings = _settings(config, store={"collection": collection, "url": chroma_url})
+    with _pipeline(settings) as pipeline:
+        pipeline.collections()  # a store that cannot be opened fails here, in one line, not at each tool call
+        # stdout carries the protocol from here on: nothing else may print to it
+        build_mcp_server(pipeline, allow_write=allow_write).run("stdio")
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rag.config import RerankerKind, Settings
+from rag.config import RerankerKind, Settings, validate_collection_name
 from rag.errors import QueryError
 
 MAX_TOP_K = 200
@@ -36,6 +36,11 @@ class QueryOptions(BaseModel):
         str | None,
         Field(pattern=r"^[a-z]{2,3}$", description="ISO 639-1 answer language; default: the question's."),
     ] = None
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, v: str | None) -> str | None:
+        return v if v is None else validate_collection_name(v)
 
     @classmethod
     def of(cls, options: QueryOptions | None = None, **fields: Any) -> QueryOptions:
@@ -87,7 +92,7 @@ _HINTS = {
     "reranker": " | ".join(get_args(RerankerKind)),
     "language": "an ISO 639-1 code such as 'de' or 'zh'",
     "where": 'a metadata filter such as {"language": "de"}',
-    "collection": "a collection name",
+    "collection": "a collection name of 3-512 letters, digits, '.', '_' or '-'",
 }
 
 
@@ -97,6 +102,8 @@ def _explain(error: ValidationError) -> str:
         name = str(e["loc"][0]) if e["loc"] else "?"
         if e["type"] == "extra_forbidden":
             problems.append(f"unknown query option {name!r}; the options are {', '.join(QueryOptions.model_fields)}")
+        elif e["type"] == "value_error":  # a validator's own message says it all
+            problems.append(str(e["msg"]).removeprefix("Value error, "))
         else:
             problems.append(f"{name} must be {_HINTS.get(name, e['msg'])}, got {e.get('input')!r}")
     return "; ".join(problems)

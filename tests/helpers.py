@@ -17,6 +17,10 @@ def hit(text: str, score: float = 0.5, source: str = "/kb/a.md", index: int = 0)
     return Hit(chunk=chunk, score=score, retrieval_score=score)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many clients at once (the default backlog, 5, refuses connections)
+
+
 class FakeServer:
     """A loopback HTTP server whose handler misbehaves on purpose (500s, hangs, 404s)."""
 
@@ -32,7 +36,7 @@ class FakeServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 

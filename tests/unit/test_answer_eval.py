@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rag.answer_eval import (
+from rag.evaluation.answers import (
     AnswerScore,
     aggregate,
     answer_queries,
@@ -23,7 +23,7 @@ from rag.answer_eval import (
 )
 from rag.config import load_settings
 from rag.errors import GenerationError
-from rag.evaluation import CorpusDoc, EvalQuery, eval_collection_name, eval_index_settings
+from rag.evaluation.retrieval import CorpusDoc, EvalQuery, eval_collection_name, eval_index_settings
 from rag.types import Answer, Citation, Usage
 from tests.helpers import hit
 

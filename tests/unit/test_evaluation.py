@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rag.errors import ConfigError
-from rag.evaluation import (
+from rag.evaluation.retrieval import (
     CorpusDoc,
     EvalQuery,
     EvalReport,

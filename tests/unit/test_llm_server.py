@@ -39,7 +39,10 @@ def test_cpu_small_keeps_the_cpu_flags(monkeypatch):
     monkeypatch.setattr("rag.embedder.cpu_has_native_bf16", lambda: True)
     command = llm_server.vllm_command(load_settings(CPU_SMALL))
     assert command.profile == "cpu"
-    assert engine_flags(command.argv) == ["--dtype", "bfloat16", "--max-model-len", "4096", "--enforce-eager"]
+    assert engine_flags(command.argv) == [
+        "--dtype", "bfloat16", "--max-model-len", "4096", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--enforce-eager",
+    ]  # fmt: skip
     assert command.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert command.argv[command.argv.index("--served-model-name") + 1] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
@@ -51,7 +54,7 @@ def test_gpu_config_sets_all_four_flags():
     assert command.profile == "gpu" and "VLLM_CPU_KVCACHE_SPACE" not in command.env
     assert engine_flags(command.argv) == [
         "--dtype", "bfloat16", "--max-model-len", "16384", "--gpu-memory-utilization", "0.9",
-        "--tensor-parallel-size", "1",
+        "--tensor-parallel-size", "1", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
     assert settings.embedding.device == "cuda" and settings.retrieval.top_k == 5
 

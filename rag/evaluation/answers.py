@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from rag.errors import ConfigError, GenerationError
-from rag.evaluation import CorpusDoc, EvalQuery, _question_id, ingest_corpus, ranked_doc_ids, read_corpus, read_queries
+from rag.evaluation.retrieval import CorpusDoc, EvalQuery, _question_id, ingest_corpus, ranked_doc_ids, read_corpus, read_queries
 
 if TYPE_CHECKING:
     from rag.pipeline import Pipeline
