@@ -6,6 +6,9 @@
 Open WebUI, LibreChat, LangChain's ``ChatOpenAI`` or the ``openai`` package point their base URL
 at ``http://host:7860/v1`` and their API key at ``server.token`` (sent as ``Authorization: Bearer``,
 checked like the REST API's). A thin layer over ``rag.Pipeline``: nothing here retrieves or prompts.
+One model id per knowledge base, its collection name, and no ``babelrag/<name>`` aliases: a model
+picker (Open WebUI's) would list each twice, and a router that prefixes a provider (LiteLLM's
+``openai/handbook``) strips its own prefix before it calls us.
 
 The request, mapped onto BabelRAG:
 
