@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import tempfile
 import time
@@ -34,10 +35,8 @@ def main() -> None:
     questions = yaml.safe_load((ROOT / "examples" / "questions.yaml").read_text(encoding="utf-8"))
     asked = [questions[i % len(questions)]["question"] for i in range(args.n)]
     with tempfile.TemporaryDirectory() as tmp:
-        rag = scratch_pipeline(args.config, Path(tmp) / "chroma")
-        rag.settings.llm.base_url = args.llm_base_url
-        rag.llm.config = rag.settings.llm
-        with rag:
+        os.environ["BABELRAG_LLM_BASE_URL"] = args.llm_base_url
+        with scratch_pipeline(args.config, Path(tmp) / "chroma") as rag:
             rag.ingest([ROOT / "examples" / "handbook"], "handbook")
             options = QueryOptions(collection="handbook")
             rag.ask(asked[0], options)  # warm up: models, tokenizer, server
