@@ -278,9 +278,10 @@ class ChromaStore:
             self.close()
             raise
         except Exception as e:
+            where = self.location  # before close(), which forgets a server the holder announced
             self.close()
             raise StoreError(
-                f"cannot open {self.location}: {e}. Start the server (`chroma run --path DIR --port PORT`) "
+                f"cannot open {where}: {e}. Start the server (`chroma run --path DIR --port PORT`) "
                 "or unset store.url / BABELRAG_STORE_URL to use the embedded store"
             ) from e
         self._client = client

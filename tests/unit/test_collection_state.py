@@ -327,3 +327,19 @@ def test_a_big_collection_new_to_this_machine_is_indexed_without_making_queries_
     assert index.search("Zug", language="de", top_k=5)
     # the next process of this machine opens that copy at once
     assert len(KeywordIndexes(store, tmp_path / "fresh-machine").get("kb1", version)) == 32
+
+
+def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    store.lock.announce(chroma_url=url)
+    code = (
+        "from rag.config import StoreConfig; from rag.store import ChromaStore\n"
+        "from rag.errors import StoreError\n"
+        f"s = ChromaStore(StoreConfig(path={str(store.config.path)!r}))\n"
+        "try:\n    s.collections()\nexcept StoreError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.startswith(f"cannot open Chroma server {url}:"), out.stdout + out.stderr
+
