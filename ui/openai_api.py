@@ -148,13 +148,13 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Callable[[Request], Non
         """Answer the last user message from the knowledge base ``model`` names (see the module's doc)."""
         body = await _read(request)
         history, question = _conversation(body.messages)
+        await _require_collection(pipeline, body.model)  # first: "openai/gpt-4o" is a 404, not a bad name
         options = _call_sync(
             lambda: QueryOptions.of(
                 collection=body.model, top_k=body.top_k, where=body.where, reranker=body.reranker,
                 language=body.language,
             )
         )  # fmt: skip
-        await _require_collection(pipeline, body.model)
         start = pipeline.achat_stream(history, question, options) if history else pipeline.astream(question, options)
         stream = await _call(_unless_disconnected(request, start, None))
         completion = _Completion(body.model)

@@ -78,8 +78,8 @@ def test_an_unknown_model_is_a_404_naming_the_knowledge_bases(server):
     e = caught.value
     assert e.status_code == 404 and e.code == "404" and e.type == "model_not_found"
     assert "model 'gpt-4o' is not a knowledge base" in e.message and "empty-kb, handbook" in e.message
-    with pytest.raises(openai.NotFoundError, match="is not a knowledge base"):  # streaming: before the stream
-        client(server).chat.completions.create(**ask("gpt-4o"), stream=True)
+    with pytest.raises(openai.NotFoundError, match="'openai/gpt-4o' is not a knowledge base"):  # before the stream
+        client(server).chat.completions.create(**ask("openai/gpt-4o"), stream=True)
 
 
 def test_the_token_guards_every_route(server):
