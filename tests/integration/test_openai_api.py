@@ -1,7 +1,7 @@
 """The OpenAI-compatible endpoint (/v1/models, /v1/chat/completions) driven by the official
 ``openai`` client against the app `babelrag serve` runs, over the real embedding model and two
 handbook files. No real LLM here: a scripted server (FakeLLM) or none at all provokes the error
-paths; tests/e2e/test_openai_api.py has the answers from real vLLM."""
+paths; tests/e2e/test_openai_answers.py has the answers from real vLLM."""
 
 from __future__ import annotations
 
