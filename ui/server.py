@@ -13,6 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 
 import rag
 from rag import Pipeline, Settings, load_settings
+from rag.integrations.mcp import mount_mcp
 from ui import openai_api, rest
 from ui.web import CSS, JS, WebUI
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     rest.install(app, pipeline, authorize)
     openai_api.install(app, pipeline, authorize)  # /v1/models, /v1/chat/completions
+    mount_mcp(app, pipeline, token=token)  # MCP at /mcp (streamable HTTP): same token; writes need it
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
