@@ -9,7 +9,7 @@ each path, the median over ``--runs`` questions (each different, so no cache hel
 
 - in process: ``Pipeline.stream``: sources known, first piece, last piece; then
   ``Pipeline.evidence`` (the highlighted sentences), which the UI adds;
-- REST: ``POST /api/ask`` over HTTP (whole answer, no streaming);
+- REST: ``POST /v1/ask`` over HTTP (whole answer, no streaming);
 - browser: Debian's Chromium clicks Send in the Gradio UI: sources shown, first text shown, the
   finished answer (links, highlighted evidence) shown.
 
@@ -94,7 +94,7 @@ def main() -> None:
             rest = []
             for q in questions[args.runs : 2 * args.runs]:
                 t = time.perf_counter()
-                r = httpx.post(f"{server.url}/api/ask", json={"question": q, "collection": "handbook"}, timeout=120)
+                r = httpx.post(f"{server.url}/v1/ask", json={"question": q, "collection": "handbook"}, timeout=120)
                 r.raise_for_status()
                 rest.append(time.perf_counter() - t)
             browser = browser_runs(server.url, questions[2 * args.runs :])

@@ -2,7 +2,7 @@
 
 Embedded Chroma is one process's (rag/locks.py). When ``babelrag ingest`` (or
 ``Pipeline.ingest``) finds the store held by a running server, it sends the job to that server's
-REST API (``POST /api/ingest``, with ``server.token``) and follows it (``GET /api/jobs/{id}``)
+REST API (``POST /v1/jobs``, with ``server.token``) and follows it (``GET /v1/jobs/{id}``)
 until it is done, so the caller gets the same report as if it had run the job itself.
 """
 
@@ -50,7 +50,7 @@ def ingest_through_server(
         log.info("ingestion job %s handed to the server at %s", job["id"], url)
         last = -1
         while True:
-            job = _json(client.get(f"/api/jobs/{job['id']}"), url)
+            job = _json(client.get(f"/v1/jobs/{job['id']}"), url)
             if progress is not None and job.get("files_total") is not None and job["files_done"] != last:
                 last = job["files_done"]
                 progress(JobProgress(job["files_done"], job["files_total"], job["chunks_written"], job["current"]))
@@ -67,7 +67,7 @@ def _submit(client: httpx.Client, url: str, body: dict, connect_timeout_s: float
     deadline = time.monotonic() + connect_timeout_s  # a server that just started may not listen yet
     while True:
         try:
-            return _json(client.post("/api/ingest", json=body), url)
+            return _json(client.post("/v1/jobs", json=body), url)
         except httpx.TransportError as e:
             if time.monotonic() > deadline:
                 raise StoreError(
@@ -84,10 +84,11 @@ def _json(response: httpx.Response, url: str) -> dict:
             "set BABELRAG_SERVER_TOKEN (server.token) to the server's token"
         )
     if response.status_code >= 400:
-        try:
-            detail = response.json()
-            detail = detail.get("error") or detail.get("detail") or detail
-        except ValueError:
-            detail = response.text[:300]
+        try:  # the error shape of ui/errors.py: {"error": {"message", "type", "code"}}
+            error = response.json().get("error")
+            detail = error.get("message") if isinstance(error, dict) else error
+        except (ValueError, AttributeError):
+            detail = None
+        detail = detail or response.text[:300]
         raise IngestionError(f"the server at {url} refused the ingestion job (HTTP {response.status_code}): {detail}")
     return response.json()

@@ -1,94 +1,140 @@
-"""The REST API: a thin JSON layer over the public Python API (``rag.Pipeline``).
+"""BabelRAG's REST API, version 1: a thin JSON layer over the public Python API (``rag.Pipeline``).
 
-    GET  /api/health                               liveness, version
-    GET  /api/collections                          collections with chunk and file counts
-    GET  /api/collections/{name}/documents         a collection's source files
-    POST /api/retrieve   {"query", "collection", "top_k", "reranker"}
-    POST /api/ask        {"question", "collection", "top_k", "reranker", "language", "history"}
-    POST /api/ingest     {"paths", "collection", "prune", "reindex", "wait_s"}: an ingestion job of
-                         files on the server's disk (202, the job); `babelrag ingest` hands its job
-                         here when this server holds the embedded store
-    GET  /api/jobs/{id}  the job's status, progress and, once done, its report
+    GET    /healthz                              liveness: 200 while the process runs (no token)
+    GET    /readyz                               200 when the store and the LLM server answer, else 503
+    POST   /v1/search    {query, QueryOptions}   the hits
+    POST   /v1/ask       {question, history?, QueryOptions, stream?}
+    POST   /v1/chat      {messages: [{role, content}...], QueryOptions, stream?}
+                         the answer as JSON, or with ``Accept: text/event-stream`` (or "stream": true)
+                         server-sent events: sources, delta..., (reset, delta...), done | error
+    GET    /v1/collections                       collections with chunk and file counts
+    POST   /v1/collections {name}                an empty collection (201)
+    DELETE /v1/collections/{name}                the collection (409 while a job writes it)
+    GET    /v1/collections/{name}/documents      its source files
+    POST   /v1/collections/{name}/documents      multipart upload of files: 202, an ingestion job
+    DELETE /v1/collections/{name}/documents?source=...|file_name=...   one document
+    POST   /v1/jobs      {paths, collection, prune, reindex, wait_s}: an ingestion job of files on
+                         the server's disk (202); `babelrag ingest` hands its job here when this
+                         server holds the embedded store (rag/remote.py)
+    GET    /v1/jobs, GET /v1/jobs/{id}           jobs: status, progress and, once done, the report
+    GET    /openapi.json, /docs                  the schema and its browser, behind the token
 
-Errors come back as ``{"error": message}`` with 400 (bad request), 404 (unknown collection or
-document), 409 (another ingestion job writes the collection) or 503 (the LLM server or the store
-is unreachable).
+Every body that queries is ``rag.QueryOptions``'s fields plus its own: an option added there is
+in the REST body and the schema at once. Errors have one shape (ui/errors.py).
+
+The old ``/api/*`` routes are gone, not redirected: their bodies differ (``/api/retrieve``'s
+``query`` results are ``/v1/search``'s, errors changed shape), so a redirect would hand old
+clients answers they misread; a 404 in the error shape says where to go instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import ipaddress
+import json
 import logging
+import os
 import threading
 import time
 import uuid
+from base64 import b64decode
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import rag
 from rag import (
     Answer,
+    AnswerStream,
     BabelRAGError,
-    CollectionNotFoundError,
-    GenerationError,
     Hit,
+    IngestionError,
+    IngestReport,
+    JobProgress,
     ManifestEntry,
     Pipeline,
     QueryError,
-    StoreError,
+    QueryOptions,
 )
-from rag.config import RerankerKind
-from rag.errors import IngestionError, LeaseHeldError
+from rag.config import validate_collection_name
+from ui.errors import error_body, error_response, install_error_handlers, status_of
+from ui.web import PREVIOUS_SUFFIX, safe_file_name
 
 log = logging.getLogger(__name__)
 
+Authorize = Callable[[Request], None]  # a FastAPI dependency: raises a 401 HTTPException
+Progress = Callable[[JobProgress], None]
 
-class Query(BaseModel):
-    """What every search names: where to look, how many sources, which reranker."""
-
-    model_config = ConfigDict(extra="forbid")
-    collection: str | None = None
-    top_k: int | None = Field(None, ge=1, le=100)
-    reranker: RerankerKind | None = None
+# -- request bodies: QueryOptions' fields plus each route's own -------------------------------------
 
 
-class RetrieveRequest(Query):
-    query: str
+class SearchRequest(QueryOptions):
+    query: str = Field(description="What to search for, in any language.")
 
 
 class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
     content: str
 
 
-class AskRequest(Query):
-    question: str
-    language: str | None = None  # ISO 639-1 answer language; default: the question's
-    history: list[Message] = []  # earlier turns: the question is then a follow-up
+class AskRequest(QueryOptions):
+    question: str = Field(description="The question, in any language; the answer is in its language by default.")
+    history: list[Message] = Field([], description="Earlier turns: the question is then a follow-up.")
+    stream: bool = Field(False, description="Server-sent events (as with Accept: text/event-stream).")
+
+
+class ChatRequest(QueryOptions):
+    messages: list[Message] = Field(min_length=1, description="The conversation; the last message is the user's.")
+    stream: bool = Field(False, description="Server-sent events (as with Accept: text/event-stream).")
+
+
+CollectionName = Annotated[
+    str,
+    AfterValidator(validate_collection_name),
+    Field(description="3-502 letters, digits, '.', '_' and '-', starting and ending with a letter or digit."),
+]
+
+
+class CollectionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: CollectionName
 
 
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    paths: list[str] = Field(min_length=1)  # absolute paths on the server's machine
+    paths: list[str] = Field(min_length=1, description="Absolute paths on the server's machine.")
     collection: str | None = None
     prune: bool = False
     reindex: bool = False
-    wait_s: float | None = Field(None, ge=0)  # for the collection's lease (another job writing it)
+    wait_s: float | None = Field(None, ge=0, description="How long to wait while another job writes the collection.")
+
+
+def options_of(body: QueryOptions) -> QueryOptions:
+    """The QueryOptions part of a request body."""
+    return QueryOptions.model_validate(body.model_dump(include=set(QueryOptions.model_fields)))
+
+
+# -- ingestion jobs ---------------------------------------------------------------------------------
 
 
 class IngestJobs:
     """Ingestion jobs run by the server, one at a time (like the UI's), kept for polling.
 
-    Paths are on the server's disk: with ``server.ingest_roots`` they must lie inside one of
-    them; without, only clients on this machine (loopback) may ingest, any path the server
-    process can read. This is how a second process on the machine writes an embedded store
-    the server holds: it hands the job here instead of opening the store itself.
+    A job ingests files on the server's disk (``submit``) or files just uploaded (``submit_upload``).
+    Paths on the server's disk must lie inside ``server.ingest_roots``; without roots, only
+    clients on this machine (loopback) may ingest, any path the server process can read. This is
+    how a second process on the machine writes an embedded store the server holds: it hands the
+    job here instead of opening the store itself.
     """
 
     KEEP = 100  # finished jobs remembered
@@ -125,33 +171,52 @@ class IngestJobs:
     def submit(self, body: IngestRequest, client: str | None) -> dict[str, Any]:
         paths = self.check_paths(body.paths, client)
         collection = body.collection or self.pipeline.settings.store.collection
+        return self._submit(collection, paths, lambda progress: self.pipeline.ingest(
+            paths, collection, prune=body.prune, reindex=body.reindex, progress=progress, lease_wait_s=body.wait_s,
+        ))  # fmt: skip
+
+    def submit_upload(self, collection: str, saved: list[SavedUpload]) -> dict[str, Any]:
+        paths = [u.path for u in saved]
+
+        def ingest(progress: Progress) -> IngestReport:
+            failed = {str(p) for p in paths}  # until the job says otherwise
+            try:
+                report = self.pipeline.ingest(paths, collection, progress=progress)
+                failed = {i.path for i in report.failed}
+                return report
+            finally:
+                for u in saved:
+                    u.settle(kept=str(u.path) not in failed)
+
+        return self._submit(collection, paths, ingest, files=[{"name": u.name, "source": str(u.path)} for u in saved])
+
+    def _submit(
+        self, collection: str, paths: list[Path], work: Callable[[Progress], IngestReport], **extra: Any
+    ) -> dict[str, Any]:
         job = {
             "id": uuid.uuid4().hex[:12], "status": "queued", "collection": collection, "paths": list(map(str, paths)),
-            "files_done": 0, "files_total": None, "chunks_written": 0, "current": None, "report": None,
-            "error": None, "submitted_at": time.time(),
+            "files_done": 0, "files_total": len(paths), "chunks_written": 0, "current": None, "report": None,
+            "error": None, "error_type": None, "submitted_at": time.time(), **extra,
         }  # fmt: skip
         with self._lock:
             self._jobs[job["id"]] = job
             while len(self._jobs) > self.KEEP:
                 self._jobs.popitem(last=False)
-        self._runner.submit(self._run, job, paths, body)
+        self._runner.submit(self._run, job, work)
         return dict(job)
 
-    def _run(self, job: dict[str, Any], paths: list[Path], body: IngestRequest) -> None:
-        def progress(p) -> None:
+    def _run(self, job: dict[str, Any], work: Callable[[Progress], IngestReport]) -> None:
+        def progress(p: JobProgress) -> None:
             job.update(files_done=p.files_done, files_total=p.files_total, chunks_written=p.chunks_written,
                        current=p.current)  # fmt: skip
 
         job["status"] = "running"
         try:
-            report = self.pipeline.ingest(
-                paths, job["collection"], prune=body.prune, reindex=body.reindex, progress=progress,
-                lease_wait_s=body.wait_s,
-            )  # fmt: skip
-            job.update(status="done", report=report.to_dict())
+            report = work(progress)
+            job.update(status="done", report=report.to_dict(), chunks_written=report.chunks_written, current=None)
         except BabelRAGError as e:
             job.update(status="failed", error=str(e), error_type=type(e).__name__)
-        except Exception as e:  # noqa: BLE001 - a job's bug must reach its poller, not kill the server
+        except Exception as e:  # a job's bug must reach its poller, not kill the server
             log.exception("ingestion job %s failed", job["id"])
             job.update(status="failed", error=f"unexpected {type(e).__name__}: {e}", error_type=type(e).__name__)
 
@@ -159,8 +224,70 @@ class IngestJobs:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise HTTPException(status_code=404, detail=f"no ingestion job {job_id!r} on this server")
+            raise HTTPException(404, f"no ingestion job {job_id!r} on this server (it keeps the last {self.KEEP})")
         return dict(job)
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(j) for j in reversed(self._jobs.values())]
+
+
+class SavedUpload:
+    """One uploaded file in its collection's upload folder. A version uploaded before under the
+    same name is kept aside until the job says whether the new one made it into the store."""
+
+    def __init__(self, name: str, path: Path, aside: Path | None) -> None:
+        self.name, self.path, self.aside = name, path, aside
+
+    def settle(self, *, kept: bool) -> None:
+        if kept:
+            if self.aside is not None:
+                self.aside.unlink(missing_ok=True)
+        elif self.aside is not None:
+            os.replace(self.aside, self.path)  # the store still holds the previous version's chunks
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+async def save_uploads(files: list[UploadFile], folder: Path, limit_mb: int) -> list[SavedUpload]:
+    """Write ``files`` into ``folder`` under safe names (no folders, no control characters; a
+    name repeated in the batch gets " (2)"); a file over ``limit_mb`` is a 413, before any is written."""
+    limit = limit_mb * 1024 * 1024
+    for f in files:
+        size = f.size if f.size is not None else len(await f.read())
+        if size > limit:
+            raise HTTPException(
+                413,
+                f"{safe_file_name(f.filename or 'upload')} is {size / 1e6:.1f} MB, more than server.max_upload_mb="
+                f"{limit_mb}: split it, ingest it with `babelrag ingest`, or raise the limit",
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    saved: list[SavedUpload] = []
+    for f in files:
+        name = unique_name(safe_file_name(f.filename or "upload"), taken)
+        taken.add(name.casefold())
+        target = folder / name
+        aside = None
+        if target.exists():
+            aside = target.with_name(target.name + PREVIOUS_SUFFIX)
+            os.replace(target, aside)
+        await f.seek(0)
+        with target.open("wb") as out:
+            while chunk := await f.read(1 << 20):
+                out.write(chunk)
+        saved.append(SavedUpload(f.filename or name, target.resolve(), aside))
+    return saved
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    stem, dot, suffix = name.rpartition(".") if "." in name else (name, "", "")
+    n = 1
+    candidate = name
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"{stem} ({n}){dot}{suffix}"
+    return candidate
 
 
 def _loopback(host: str | None) -> bool:
@@ -170,28 +297,15 @@ def _loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-def status_of(error: BabelRAGError) -> int:
-    if isinstance(error, CollectionNotFoundError):
-        return 404
-    if isinstance(error, LeaseHeldError):
-        return 409  # another job writes the collection: try again later
-    if isinstance(error, QueryError):
-        return 404 if "is not a document of" in str(error) else 400
-    if isinstance(error, GenerationError | StoreError):
-        return 503
-    return 400
-
-
-def error_response(error: BabelRAGError) -> JSONResponse:
-    return JSONResponse({"error": str(error), "type": type(error).__name__}, status_code=status_of(error))
+# -- records as JSON --------------------------------------------------------------------------------
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
     c = hit.chunk
     return {
-        "source": c.source, "file_name": c.file_name, "page": c.page, "language": c.language, "section": c.section,
-        "title": c.title, "text": c.text, "start": c.start, "end": c.end, "score": hit.score,
-        "retrieval_score": hit.retrieval_score, "chunk_id": c.id,
+        "text": c.text, "file_name": c.file_name, "source": c.source, "page": c.page, "span": [c.start, c.end],
+        "start": c.start, "end": c.end, "language": c.language, "section": c.section, "title": c.title,
+        "score": hit.score, "retrieval_score": hit.retrieval_score, "chunk_id": c.id,
     }  # fmt: skip
 
 
@@ -202,18 +316,23 @@ def document_json(e: ManifestEntry) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def collection_json(c: rag.CollectionInfo) -> dict[str, Any]:
+    return {"name": c.name, "chunks": c.count, "documents": c.documents, "embedding_model": c.embedding_model}
+
+
 def answer_json(answer: Answer) -> dict[str, Any]:
     return {
         "question": answer.question,
+        "standalone_question": answer.standalone_question,
         "text": answer.text,
         "found": answer.found,
         "language": answer.language,
         "question_language": answer.question_language,
         "target_language": answer.target_language,
-        "standalone_question": answer.standalone_question,
         "model": answer.model,
         "citations": [
-            {"number": c.number, "cited": c.cited, "truncated": c.truncated, "span": list(c.span), **hit_json(c.hit)}
+            # span: where the cited passage lies in its source's text
+            {**hit_json(c.hit), "number": c.number, "cited": c.cited, "truncated": c.truncated, "span": list(c.span)}
             for c in answer.citations
         ],
         "sentences": [
@@ -228,60 +347,220 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
-def install(app: FastAPI, pipeline: Pipeline, authorize: Any) -> None:
-    """Add the /api routes over ``pipeline`` to ``app``; ``authorize`` is a FastAPI dependency
-    (the token check). BabelRAG's errors become ``{"error"}`` responses in one place."""
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
+# -- answers: JSON or server-sent events ------------------------------------------------------------
 
-    @api.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": rag.__version__}
 
-    @api.get("/collections")
-    def collections() -> Any:
-        return [
-            {"name": c.name, "chunks": c.count, "documents": c.documents, "embedding_model": c.embedding_model}
-            for c in pipeline.collections()
-        ]
+def wants_events(request: Request, stream: bool) -> bool:
+    return stream or "text/event-stream" in request.headers.get("accept", "")
 
-    @api.get("/collections/{name}/documents")
-    def documents(name: str) -> Any:
-        return [document_json(e) for e in pipeline.documents(name)]
 
-    @api.post("/retrieve")
-    def retrieve(body: RetrieveRequest) -> Any:
-        hits = pipeline.retrieve(body.query, collection=body.collection, top_k=body.top_k, reranker=body.reranker)
-        return {"hits": [hit_json(h) for h in hits]}
+def sse(event: str, data: Any) -> bytes:
+    return format_sse_event(event=event, data_str=json.dumps(data, ensure_ascii=False))
 
-    @api.post("/ask")
-    def ask(body: AskRequest) -> Any:
-        options = {
-            "collection": body.collection,
-            "top_k": body.top_k,
-            "reranker": body.reranker,
-            "language": body.language,
-        }
-        if body.history:
-            answer = pipeline.chat([m.model_dump() for m in body.history], body.question, **options)
-        else:
-            answer = pipeline.ask(body.question, **options)
-        return answer_json(answer)
 
+async def answer_events(stream: AnswerStream) -> AsyncIterator[bytes]:
+    """``sources`` (before the first token), ``delta``/``reset`` as the LLM writes, then ``done``
+    with the whole answer, or ``error`` with the error shape. A client that goes away cancels
+    the task reading this, and so the LLM's stream."""
+    finished = False
+    try:
+        yield sse("sources", {"hits": [hit_json(h) for h in stream.hits]})
+        async for event in stream.aevents():
+            yield sse(event.kind, {"text": event.text} if event.kind == "delta" else {"reason": event.text})
+        answer = await stream.aanswer()
+        finished = True
+        yield sse("done", answer_json(answer))
+    except BabelRAGError as e:
+        finished = True
+        yield sse("error", error_body(status_of(e), str(e), type(e).__name__))
+    except Exception as e:  # the client must hear that the stream failed, not see it cut
+        finished = True
+        log.exception("answer stream failed")
+        yield sse("error", error_body(500, f"unexpected {type(e).__name__} on the server: {e}", "server_error"))
+    finally:
+        if not finished:  # the client went away (or the server stops): stop the LLM
+            stream.cancel()
+
+
+async def answer_response(stream: AnswerStream, events: bool) -> Response:
+    if events:
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
+        return StreamingResponse(answer_events(stream), media_type="text/event-stream", headers=headers)
+    try:
+        return JSONResponse(answer_json(await stream.aanswer()))
+    except asyncio.CancelledError:
+        stream.cancel()
+        raise
+
+
+# -- the routes -------------------------------------------------------------------------------------
+
+
+def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
+    """Add /healthz, /readyz, the /v1 routes, /openapi.json and /docs over ``pipeline`` to
+    ``app`` (built with ``docs_url=None, openapi_url=None``); ``authorize`` is the token check."""
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    settings = pipeline.settings
+    upload_dir = Path(settings.server.upload_dir)
     jobs = IngestJobs(pipeline)
 
-    @api.post("/ingest", status_code=202)
-    def ingest(body: IngestRequest, request: Request) -> Any:
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": rag.__version__}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await asyncio.to_thread(pipeline.readiness)
+        ok = all(c.ok for c in checks.values())
+        try:  # what failed and where it is: for those holding the token
+            authorize(request)
+            shown = {
+                name: {"ok": c.ok, "detail": c.detail, "seconds": round(c.seconds, 3)} for name, c in checks.items()
+            }
+        except HTTPException:
+            shown = {name: {"ok": c.ok} for name, c in checks.items()}
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": shown}, status_code=200 if ok else 503)
+
+    @v1.post("/search", tags=["query"])
+    async def search(body: SearchRequest) -> dict[str, Any]:
+        hits = await pipeline.aretrieve(body.query, options_of(body))
+        return {"hits": [hit_json(h) for h in hits]}
+
+    @v1.post("/ask", tags=["query"], responses={200: {"content": {"text/event-stream": {}}}})
+    async def ask(body: AskRequest, request: Request) -> Response:
+        options = options_of(body)
+        if body.history:
+            stream = await pipeline.achat_stream([m.model_dump() for m in body.history], body.question, options)
+        else:
+            stream = await pipeline.astream(body.question, options)
+        return await answer_response(stream, wants_events(request, body.stream))
+
+    @v1.post("/chat", tags=["query"], responses={200: {"content": {"text/event-stream": {}}}})
+    async def chat(body: ChatRequest, request: Request) -> Response:
+        *history, last = body.messages
+        if last.role != "user":
+            raise QueryError(f"the last message must be the user's (role 'user'), got role {last.role!r}")
+        stream = await pipeline.achat_stream([m.model_dump() for m in history], last.content, options_of(body))
+        return await answer_response(stream, wants_events(request, body.stream))
+
+    @v1.get("/collections", tags=["collections"])
+    def collections() -> list[dict[str, Any]]:
+        return [collection_json(c) for c in pipeline.collections()]
+
+    @v1.post("/collections", tags=["collections"], status_code=201)
+    def create_collection(body: CollectionRequest) -> dict[str, Any]:
+        return collection_json(pipeline.create_collection(body.name))
+
+    @v1.delete("/collections/{name}", tags=["collections"], status_code=204)
+    def delete_collection(name: str) -> Response:
+        pipeline.delete_collection(name)
+        return Response(status_code=204)
+
+    @v1.get("/collections/{name}/documents", tags=["documents"])
+    def documents(name: str) -> list[dict[str, Any]]:
+        return [document_json(e) for e in pipeline.documents(name)]
+
+    @v1.post("/collections/{name}/documents", tags=["documents"], status_code=202)
+    async def upload(
+        name: CollectionName, files: Annotated[list[UploadFile], File(description="One or more files.")]
+    ) -> Any:
+        await asyncio.to_thread(pipeline.documents, name)  # an unknown collection is a 404 before any file is saved
+        saved = await save_uploads(files, upload_dir / name, settings.server.max_upload_mb)
+        return jobs.submit_upload(name, saved)
+
+    @v1.delete("/collections/{name}/documents", tags=["documents"])
+    def delete_document(
+        name: str,
+        source: Annotated[str | None, Query(description="The document's source, as listed.")] = None,
+        file_name: Annotated[str | None, Query(description="Or its file name, when one document has it.")] = None,
+    ) -> dict[str, Any]:
+        if (source is None) == (file_name is None):
+            raise QueryError("name the document to delete: ?source=<its source> or ?file_name=<its file name>")
+        if source is None:
+            matches = [e.source for e in pipeline.documents(name) if Path(e.source).name == file_name]
+            if len(matches) > 1:
+                raise HTTPException(409, f"{len(matches)} documents of {name!r} are named {file_name!r} "
+                                         f"({', '.join(matches)}): delete one by ?source=")  # fmt: skip
+            source = matches[0] if matches else file_name  # none: delete_document says which there are
+        deleted = pipeline.delete_document(source, name)
+        path = Path(source)
+        if path.is_file() and upload_dir.resolve() in path.resolve().parents:
+            path.unlink()  # an uploaded copy goes with its document
+        return {"source": source, "collection": name, "chunks_deleted": deleted}
+
+    @v1.post("/jobs", tags=["jobs"], status_code=202)
+    def submit_job(body: IngestRequest, request: Request) -> dict[str, Any]:
         return jobs.submit(body, request.client.host if request.client else None)
 
-    @api.get("/jobs/{job_id}")
-    def job(job_id: str) -> Any:
+    @v1.get("/jobs", tags=["jobs"])
+    def list_jobs() -> list[dict[str, Any]]:
+        return jobs.all()
+
+    @v1.get("/jobs/{job_id}", tags=["jobs"])
+    def job(job_id: str) -> dict[str, Any]:
         return jobs.get(job_id)
 
-    app.include_router(api)
-    app.add_exception_handler(BabelRAGError, lambda _request, error: error_response(error))
+    app.include_router(v1)
+    install_docs(app, authorize)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else None
+def install_docs(app: FastAPI, authorize: Authorize) -> None:
+    """/openapi.json and /docs, behind the token. A browser asked for Basic credentials (password:
+    the token) sends them again when the docs page fetches the schema."""
+
+    def guard(request: Request) -> None:
+        try:
+            authorize(request)
+        except HTTPException as e:
+            raise HTTPException(e.status_code, e.detail, {"WWW-Authenticate": 'Basic realm="BabelRAG API"'}) from None
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(guard)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(guard)])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="BabelRAG API")
+
+
+def install_not_found(app: FastAPI) -> None:
+    """An unknown /v1 path answers in the error shape (else the UI mounted at / would answer it).
+    Installed after every /v1 router, since it matches all that they do not."""
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def not_found(path: str, request: Request) -> JSONResponse:
+        return error_response(404, f"no route {request.method} /v1/{path}; the API is listed at /docs")
+
+    @app.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def moved(path: str) -> JSONResponse:
+        return error_response(404, f"/api/{path} is gone: the REST API is versioned now, under /v1 (see /docs)")
+
+
+def token_of(request: Request) -> str | None:
+    """The token a request carries: ``Authorization: Bearer <token>``, or Basic with the token as
+    the password (any user name), which browsers send for /docs."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except ValueError:
+            return None
+    return None
+
+
+def check_token(request: Request, token: str | None) -> None:
+    """The token check every guarded route runs (``token`` None: no token configured, open)."""
+    if token is None:
+        return
+    given = token_of(request)
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'"
+            if given is None
+            else "the token sent is not this server's server.token: send 'Authorization: Bearer <server.token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

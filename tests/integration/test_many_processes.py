@@ -68,10 +68,10 @@ class Serve:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        wait_until_serving(f"{self.url}/api/health", self.proc, ready=lambda r: r.status_code == 401, what="serve")
+        wait_until_serving(f"{self.url}/healthz", self.proc, ready=lambda r: r.status_code == 200, what="serve")
 
     def retrieve(self, query: str, collection: str, top_k: int = 5) -> httpx.Response:
-        return self.client.post("/api/retrieve", json={"query": query, "collection": collection, "top_k": top_k})
+        return self.client.post("/v1/search", json={"query": query, "collection": collection, "top_k": top_k})
 
     def stop(self) -> str:
         self.proc.terminate()
@@ -95,7 +95,8 @@ class Clients:
             k = i
             while not self._stop.is_set():
                 try:
-                    r = client.post("/api/retrieve", json={"query": QUESTIONS[k % len(QUESTIONS)], "collection": collection})
+                    body = {"query": QUESTIONS[k % len(QUESTIONS)], "collection": collection}
+                    r = client.post("/v1/search", json=body)
                     status = str(r.status_code) if r.status_code != 200 or r.json()["hits"] else "200 but empty"
                 except httpx.HTTPError as e:
                     status = type(e).__name__

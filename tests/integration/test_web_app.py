@@ -54,24 +54,26 @@ def with_llm(pipeline: Pipeline, url: str, **server) -> Pipeline:
 def test_rest_api_answers_and_says_what_went_wrong(handbook):
     with FakeLLM(GERMAN_ANSWER) as llm:
         client = TestClient(create_app(pipeline=with_llm(handbook, llm.url)))
-        assert client.get("/api/health").json()["status"] == "ok"
-        collections = {c["name"]: c for c in client.get("/api/collections").json()}
+        assert client.get("/healthz").json()["status"] == "ok"
+        collections = {c["name"]: c for c in client.get("/v1/collections").json()}
         assert collections["handbook"]["documents"] == 8
-        documents = client.get("/api/collections/handbook/documents").json()
+        documents = client.get("/v1/collections/handbook/documents").json()
         assert {d["file_name"]: d["language"] for d in documents}["ja_security_policy.md"] == "ja"
-        missing = client.get("/api/collections/nope/documents")
-        assert missing.status_code == 404 and "collection 'nope' does not exist" in missing.json()["error"]
-        hits = client.post("/api/retrieve", json={"query": GERMAN, "collection": "handbook", "top_k": 2}).json()["hits"]
+        missing = client.get("/v1/collections/nope/documents")
+        assert missing.status_code == 404 and "collection 'nope' does not exist" in missing.json()["error"]["message"]
+        hits = client.post("/v1/search", json={"query": GERMAN, "collection": "handbook", "top_k": 2}).json()["hits"]
         assert hits[0]["file_name"] == "ja_security_policy.md" and len(hits) == 2
-        answer = client.post("/api/ask", json={"question": GERMAN, "collection": "handbook"}).json()
+        answer = client.post("/v1/ask", json={"question": GERMAN, "collection": "handbook"}).json()
         assert answer["text"] == GERMAN_ANSWER and answer["question_language"] == "de" and answer["found"]
         assert answer["citations"][0]["file_name"] == "ja_security_policy.md" and answer["citations"][0]["cited"]
-        empty = client.post("/api/ask", json={"question": "  ", "collection": "handbook"})
-        assert empty.status_code == 400 and "question" in empty.json()["error"]
-        assert client.post("/api/ask", json={"q": GERMAN}).status_code == 422  # the schema names the field
+        empty = client.post("/v1/ask", json={"question": "  ", "collection": "handbook"})
+        assert empty.status_code == 400 and "question" in empty.json()["error"]["message"]
+        unnamed = client.post("/v1/ask", json={"q": GERMAN})
+        assert unnamed.status_code == 400 and "question" in unnamed.json()["error"]["message"]  # names the field
     down = TestClient(create_app(pipeline=handbook))  # llm.base_url: nothing listens
-    failed = down.post("/api/ask", json={"question": GERMAN, "collection": "handbook"})
-    assert failed.status_code == 503 and handbook.settings.llm.base_url.split("/v1")[0] in failed.json()["error"]
+    failed = down.post("/v1/ask", json={"question": GERMAN, "collection": "handbook"})
+    assert failed.status_code == 503
+    assert handbook.settings.llm.base_url.split("/v1")[0] in failed.json()["error"]["message"]
 
 
 def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handbook, tmp_path):
@@ -94,11 +96,10 @@ def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handboo
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        # the token is asked for before anything else: a 401 says the app is up
-        wait_until_serving(f"{url}/api/health", proc, ready=lambda r: r.status_code == 401, what="babelrag serve")
+        wait_until_serving(f"{url}/healthz", proc, ready=lambda r: r.status_code == 200, what="babelrag serve")
         headers = {"Authorization": "Bearer t0ken"}
-        assert httpx.get(f"{url}/api/health", headers=headers).json()["status"] == "ok"
-        assert [c["name"] for c in httpx.get(f"{url}/api/collections", headers=headers).json()] == ["handbook"]
+        assert httpx.get(f"{url}/v1/collections").status_code == 401  # the token is asked for
+        assert [c["name"] for c in httpx.get(f"{url}/v1/collections", headers=headers).json()] == ["handbook"]
         assert httpx.get(f"{url}/").text.lower().startswith("<!doctype html>")  # the UI's page (or its login)
         browser = httpx.Client(base_url=url)
         assert browser.get("/config").status_code == 401
@@ -113,10 +114,10 @@ def test_babelrag_serve_serves_ui_and_api_with_host_and_port_from_config(handboo
 
 def test_token_guards_rest_api_and_ui(handbook):
     client = TestClient(create_app(pipeline=with_llm(handbook, handbook.settings.llm.base_url, token="s3cret")))
-    denied = client.get("/api/collections")
-    assert denied.status_code == 401 and "Bearer" in denied.json()["detail"]
-    assert client.get("/api/collections", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/api/collections", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    denied = client.get("/v1/collections")
+    assert denied.status_code == 401 and "Bearer" in denied.json()["error"]["message"]
+    assert client.get("/v1/collections", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/collections", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/config").status_code == 401  # the UI's config is behind the login too
     assert client.post("/login", data={"username": "any", "password": "wrong"}).status_code == 400
     assert client.post("/login", data={"username": "any", "password": "s3cret"}).status_code == 200

@@ -1,4 +1,4 @@
-"""Which paths POST /api/ingest takes from whom (no models: the path check alone)."""
+"""Which paths POST /v1/jobs takes from whom (no models: the path check alone)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,148 @@ def test_with_roots_any_client_but_only_inside_them(tmp_path):
     (root / "link").symlink_to(tmp_path)  # a link out of the root is judged by where it points
     with pytest.raises(IngestionError, match="outside"):
         confined.check_paths([str(root / "link")], "127.0.0.1")
+
+
+# -- uploads, tokens, the error shape and the answer's events (no models either) -------------------
+
+
+def upload(name: str, data: bytes):
+    import io
+
+    from fastapi import UploadFile
+
+    return UploadFile(io.BytesIO(data), filename=name, size=len(data))
+
+
+def test_uploads_get_safe_names_and_a_repeated_name_does_not_overwrite(tmp_path):
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from ui.rest import save_uploads
+
+    folder = tmp_path / "uploads" / "kb"
+    files = [upload("../../x.txt", b"eins"), upload("x.txt", b"zwei"), upload("X.TXT", b"drei"),
+             upload("..\\evil\x00\x1b.md", b"vier"), upload("", b"fuenf")]  # fmt: skip
+    saved = asyncio.run(save_uploads(files, folder, limit_mb=1))
+    assert [u.path.name for u in saved] == ["x.txt", "x (2).txt", "X (3).TXT", "evil.md", "upload"]
+    assert [u.path.read_bytes() for u in saved] == [b"eins", b"zwei", b"drei", b"vier", b"fuenf"]
+    assert all(u.path.parent == folder.resolve() for u in saved) and not (tmp_path / "x.txt").exists()
+    with pytest.raises(HTTPException) as caught:
+        asyncio.run(save_uploads([upload("ok.txt", b"1"), upload("big.txt", b"a" * (1024 * 1024 + 1))], folder, 1))
+    assert (
+        caught.value.status_code == 413
+        and "big.txt" in caught.value.detail
+        and "max_upload_mb=1" in caught.value.detail
+    )
+    assert not (folder / "ok.txt").exists()  # nothing of a refused batch is written
+
+
+def test_a_failed_new_version_brings_the_previous_one_back(tmp_path):
+    import asyncio
+
+    from ui.rest import save_uploads
+
+    (tmp_path / "a.txt").write_text("alt")
+    (new,) = asyncio.run(save_uploads([upload("a.txt", b"neu")], tmp_path, 1))
+    assert new.path.read_text() == "neu" and new.aside is not None
+    new.settle(kept=False)
+    assert (tmp_path / "a.txt").read_text() == "alt" and not new.aside.exists()
+
+
+def test_token_from_bearer_or_basic():
+    from base64 import b64encode
+
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from ui.rest import check_token
+
+    def request(authorization: str | None) -> Request:
+        headers = [(b"authorization", authorization.encode())] if authorization else []
+        return Request({"type": "http", "headers": headers})
+
+    check_token(request(None), None)  # no token configured: open
+    check_token(request("Bearer s3cret"), "s3cret")
+    check_token(request("Basic " + b64encode(b"anyone:s3cret").decode()), "s3cret")  # a browser's, for /docs
+    for bad in (None, "Bearer wrong", "Basic !!", "Token s3cret"):
+        with pytest.raises(HTTPException) as caught:
+            check_token(request(bad), "s3cret")
+        assert caught.value.status_code == 401 and "Authorization: Bearer <server.token>" in caught.value.detail
+
+
+def test_error_shape_and_statuses():
+    from rag.errors import (
+        CollectionNotFoundError,
+        GenerationError,
+        IngestionError,
+        LeaseHeldError,
+        QueryError,
+        StoreError,
+    )  # fmt: skip
+    from ui.errors import error_body, status_of
+
+    assert error_body(404, "no such job", "not_found") == {
+        "error": {"message": "no such job", "type": "not_found", "code": 404}
+    }
+    assert error_body(413, "too big")["error"]["type"] == "too_large"
+    assert [status_of(e) for e in (
+        CollectionNotFoundError("x"), LeaseHeldError("x", {}), QueryError("empty"),
+        QueryError("'a' is not a document of collection 'kb'"), GenerationError("x"), StoreError("x"),
+        IngestionError("x"),
+    )] == [404, 409, 400, 404, 503, 503, 400]  # fmt: skip
+
+
+class ScriptedStream:
+    """What answer_events reads of an AnswerStream: hits, aevents(), aanswer(), cancel()."""
+
+    def __init__(self, events, fail=None, block=False):
+        self.hits, self._events, self._fail, self._block, self.cancelled = [], events, fail, block, False
+
+    async def aevents(self):
+        import asyncio
+
+        from rag import AnswerEvent
+
+        for kind, text in self._events:
+            yield AnswerEvent(kind, text)
+        if self._block:
+            await asyncio.sleep(60)
+        if self._fail:
+            raise self._fail
+
+    async def aanswer(self):
+        raise AssertionError("not reached in these tests")
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_answer_events_end_with_an_error_event_and_a_gone_client_cancels():
+    import asyncio
+    import json
+
+    from rag.errors import GenerationError
+    from ui.rest import answer_events
+
+    async def read(stream, n=None):
+        out = []
+        gen = answer_events(stream)
+        async for chunk in gen:
+            out.append(chunk.decode())
+            if n is not None and len(out) == n:
+                await gen.aclose()  # the client went away
+                break
+        return out
+
+    failing = ScriptedStream([("delta", "Hallo"), ("reset", "wrong language")], fail=GenerationError("vLLM died"))
+    wire = asyncio.run(read(failing))
+    assert [c.split("\n")[0] for c in wire] == ["event: sources", "event: delta", "event: reset", "event: error"]
+    assert json.loads(wire[2].split("data: ")[1]) == {"reason": "wrong language"}
+    assert json.loads(wire[-1].split("data: ")[1]) == {
+        "error": {"message": "vLLM died", "type": "GenerationError", "code": 503}
+    }
+    assert not failing.cancelled
+    slow = ScriptedStream([("delta", "Hallo")], block=True)
+    asyncio.run(read(slow, n=2))
+    assert slow.cancelled
