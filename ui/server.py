@@ -1,4 +1,4 @@
-"""One FastAPI app: the REST API under /api and the Gradio web UI at /, served by `babelrag serve`."""
+"""One FastAPI app: the REST API under /v1 and the Gradio web UI at /, served by `babelrag serve`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 
 import rag
 from rag import Pipeline, Settings, load_settings
@@ -33,26 +33,20 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     token = s.token.get_secret_value() if s.token is not None else None
 
     def authorize(request: Request) -> None:
-        if token is None:
-            return
-        given = rest.bearer_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                status_code=401,
-                detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        rest.check_token(request, token)
 
     def login(_user: str, password: str) -> bool:
         return token is not None and hmac.compare_digest(password.encode(), token.encode())
 
-    app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # docs_url/openapi_url None: rest.install serves both behind the token
+    app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url=None, openapi_url=None)
     rest.install(app, pipeline, authorize)
     openai_api.install(app, pipeline, authorize)  # /v1/models, /v1/chat/completions
     mount_mcp(app, pipeline, token=token)  # MCP at /mcp (streamable HTTP): same token; writes need it
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
+    rest.install_not_found(app)  # keep last before the UI's mount: it answers every /v1 path no router took
     return gr.mount_gradio_app(
         app,
         blocks,
