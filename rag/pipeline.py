@@ -111,7 +111,7 @@ class Pipeline:
         job writes the collection. When the embedded store is held by a running
         ``babelrag serve`` (and ``store.handoff``), a local-engine job is handed to that server.
         """
-        collection = collection or self.settings.store.collection
+        collection = self._collection(collection)
         paths = list(paths)
         try:
             self.store.warm_up()
@@ -155,6 +155,10 @@ class Pipeline:
         except StoreError as e:  # e.g. a job that failed before creating the collection
             log.info("derived indexes of %r not refreshed: %s", collection, e)
 
+    def _collection(self, name: str | None) -> str:
+        """``name``, or the configured collection; a name Chroma would refuse is a QueryError."""
+        return QueryOptions.of(collection=name).resolve(self.settings).collection
+
     def _chunker(self) -> SentenceChunker:
         return SentenceChunker(
             tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
@@ -177,12 +181,14 @@ class Pipeline:
     def create_collection(self, name: str) -> CollectionInfo:
         """An empty collection ``name`` for this pipeline's embedding model and chunking (an
         existing one built with them is kept; one built with others is an IndexMismatchError)."""
+        name = self._collection(name)
         chunker = self._chunker()
         self.store.ensure_collection(name, fingerprint=index_fingerprint(self.embedder, chunker))
         return self.store.info(name)
 
     def delete_collection(self, name: str) -> None:
         """Delete collection ``name``, its chunks and its manifest (not while a job writes it)."""
+        name = self._collection(name)
         self.store.require(name)
         config = self.settings.ingestion
         with self.store.lease(name, job="delete-collection", ttl_s=config.lease_ttl_s, wait_s=0):
@@ -191,7 +197,7 @@ class Pipeline:
 
     def get_chunk(self, chunk_id: str, collection: str | None = None) -> Chunk:
         """One chunk by its id (``Hit.chunk.id``, ``Citation.chunk.id``), with its text and span."""
-        collection = collection or self.settings.store.collection
+        collection = self._collection(collection)
         self.store.require(collection)
         found = self.store.get(collection, [chunk_id])
         if not found:
@@ -221,12 +227,12 @@ class Pipeline:
 
     def documents(self, collection: str | None = None) -> list[ManifestEntry]:
         """The source files of ``collection``, as its ingestion manifest records them."""
-        entries = self.store.manifest(collection or self.settings.store.collection)
+        entries = self.store.manifest(self._collection(collection))
         return sorted(entries.values(), key=lambda e: e.source)
 
     def delete_document(self, source: str, collection: str | None = None) -> int:
         """Delete one source file's chunks from ``collection``; returns how many were deleted."""
-        collection = collection or self.settings.store.collection
+        collection = self._collection(collection)
         entry = self.store.entries(collection, [source]).get(source)
         if entry is None or entry.status == "deleted":
             known = ", ".join(sorted(Path(e.source).name for e in self.documents(collection))[:10]) or "none"

@@ -70,3 +70,18 @@ def test_a_bad_option_is_a_query_error_that_says_what_is_allowed(fields, message
 def test_options_are_frozen():
     with pytest.raises(Exception, match="frozen"):
         QueryOptions(top_k=3).top_k = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda rag: rag.ingest([], "hb"), lambda rag: rag.documents("hb"), lambda rag: rag.delete_document("/x", "hb"),
+        lambda rag: rag.get_chunk("id", "hb"), lambda rag: rag.create_collection("hb"),
+        lambda rag: rag.delete_collection("hb"), lambda rag: rag.retrieve("q", collection="hb"),
+    ],
+)
+def test_a_bad_collection_name_is_a_query_error_before_the_store_opens(call, tmp_path):
+    rag = Pipeline(load_settings(store={"path": tmp_path / "never"}))
+    with pytest.raises(QueryError, match="collection name 'hb' is not valid"):
+        call(rag)
+    assert not (tmp_path / "never").exists()
