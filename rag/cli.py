@@ -427,7 +427,8 @@ def serve(
     chroma_url: ChromaUrlOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve the web UI (/) and the REST API (/api) on one app; Ctrl-C stops it."""
+    """Serve the web UI (/), the REST API (/v1, OpenAPI at /docs), the OpenAI-compatible endpoint
+    (/v1/chat/completions) and the MCP server (/mcp) on one app; Ctrl-C stops it."""
     import threading
 
     import uvicorn
@@ -458,7 +459,8 @@ def serve(
         private = " (login: server.token)" if s.token is not None else ""
         if s.token is None and s.host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"warning: serving on {s.host} without a token; set BABELRAG_SERVER_TOKEN to make it private")
-        out.print(f"BabelRAG web UI: http://{shown}:{s.port}/{private}  REST API: http://{shown}:{s.port}/api/docs")
+        root = f"http://{shown}:{s.port}"
+        out.print(f"BabelRAG web UI: {root}/{private}  REST API: {root}/docs  OpenAI: {root}/v1  MCP: {root}/mcp")
         uvicorn.run(app_, host=s.host, port=s.port, log_level="warning")
 
 

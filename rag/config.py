@@ -283,7 +283,7 @@ class ServerConfig(_Section):
     max_upload_mb: int = Field(200, ge=1)  # per file
     # Requests the app works on at once per event (chat, upload); more wait in Gradio's queue.
     concurrency: int = Field(2, ge=1)
-    # Folders whose files POST /api/ingest (and `babelrag ingest` handing its job to this server)
+    # Folders whose files POST /v1/jobs (and `babelrag ingest` handing its job to this server)
     # may ingest, for any client. Empty: clients on this machine (loopback) may ingest any path the
     # server can read, others none.
     ingest_roots: list[Path] = []
