@@ -26,6 +26,16 @@ from common import CPU_CONFIG, ROOT, scratch_pipeline
 from rag import QueryOptions
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-base-url", required=True)
@@ -51,7 +61,7 @@ def main() -> None:
             at_once = asyncio.run(concurrent())
             t_async = time.perf_counter() - t0
     tokens = lambda answers: sum(a.usage.completion_tokens for a in answers)  # noqa: E731
-    print(f"CPU: {platform.processor() or platform.machine()}; {args.n} questions, server {args.llm_base_url}")
+    print(f"CPU: {cpu_name()}; {args.n} questions, server {args.llm_base_url}")
     print(f"{'path':<26}{'wall s':>9}{'answers/min':>13}{'completion tokens':>19}")
     print(f"{'ask, one after another':<26}{t_seq:>9.1f}{60 * args.n / t_seq:>13.1f}{tokens(sequential):>19}")
     print(f"{'aask, all at once':<26}{t_async:>9.1f}{60 * args.n / t_async:>13.1f}{tokens(at_once):>19}")

@@ -32,5 +32,5 @@ for chunk in stream:
     if chunk.choices and chunk.choices[0].finish_reason == "stop":
         print("\n")
         for c in chunk.model_extra["citations"]:  # BabelRAG's extension: the sources the [n] markers name
-            if c["cited"]:
-                print(f"[{c['number']}] {c['file_name']}" + (f", page {c['page']}" if c["page"] else ""))
+            page = f", page {c['page']}" if c["page"] else ""
+            print(f"{'*' if c['cited'] else ' '} [{c['number']}] {c['file_name']}{page}")  # * cited in the answer
