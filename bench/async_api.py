@@ -60,7 +60,7 @@ def main() -> None:
             t0 = time.perf_counter()
             at_once = asyncio.run(concurrent())
             t_async = time.perf_counter() - t0
-    tokens = lambda answers: sum(a.usage.completion_tokens for a in answers)  # noqa: E731
+    tokens = lambda answers: sum(a.usage.completion_tokens for a in answers)
     print(f"CPU: {cpu_name()}; {args.n} questions, server {args.llm_base_url}")
     print(f"{'path':<26}{'wall s':>9}{'answers/min':>13}{'completion tokens':>19}")
     print(f"{'ask, one after another':<26}{t_seq:>9.1f}{60 * args.n / t_seq:>13.1f}{tokens(sequential):>19}")

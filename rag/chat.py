@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from rag.config import ChatConfig
 from rag.errors import QueryError
-from rag.llm import LLMClient, Message
 from rag.keyword import tokenize
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import LANGUAGES, english_name
+from rag.llm import LLMClient, Message
 from rag.types import Usage
 
 log = logging.getLogger(__name__)

@@ -25,13 +25,19 @@ class QueryOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    collection: Annotated[str | None, Field(description="Knowledge base (collection) to search; default store.collection.")] = None  # noqa: E501
-    top_k: Annotated[int | None, Field(ge=1, le=MAX_TOP_K, description="How many sources; default retrieval.top_k.")] = None  # noqa: E501
+    collection: Annotated[
+        str | None, Field(description="Knowledge base (collection) to search; default store.collection.")
+    ] = None
+    top_k: Annotated[
+        int | None, Field(ge=1, le=MAX_TOP_K, description="How many sources; default retrieval.top_k.")
+    ] = None
     where: Annotated[
         Where | None,
         Field(description='Filter on chunk metadata, e.g. {"language": "de"} or {"source": "/kb/leave.md"}.'),
     ] = None
-    reranker: Annotated[RerankerKind | None, Field(description="none | cross-encoder | llm-listwise; default reranker.kind.")] = None  # noqa: E501
+    reranker: Annotated[
+        RerankerKind | None, Field(description="none | cross-encoder | llm-listwise; default reranker.kind.")
+    ] = None
     language: Annotated[
         str | None,
         Field(pattern=r"^[a-z]{2,3}$", description="ISO 639-1 answer language; default: the question's."),
