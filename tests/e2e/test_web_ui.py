@@ -4,8 +4,6 @@ real vLLM stand-in. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from rag import Pipeline, load_settings
@@ -22,6 +20,19 @@ THAI_DOC = (
     "# การจอดจักรยาน\n\nพนักงานที่ปั่นจักรยานมาทำงานสามารถจอดจักรยานได้ที่ลานจอดชั้นใต้ดินของอาคารสำนักงานเมืองคีล "
     "ลานจอดเปิดตั้งแต่เวลา 06:00 ถึง 22:00 น. และมีที่ชาร์จจักรยานไฟฟ้าจำนวน 12 จุด\n"
 )
+
+
+RECORD_ANSWER_STATES = """() => {
+  window.babelSeen = [];
+  const record = () => {
+    const all = document.querySelectorAll('#babel-chat .babel-answer');
+    const text = all.length ? all[all.length - 1].innerText.trim() : '';
+    if (text && window.babelSeen[window.babelSeen.length - 1] !== text) window.babelSeen.push(text);
+  };
+  new MutationObserver(record).observe(document.querySelector('#babel-chat'),
+    {subtree: true, childList: true, characterData: true});
+  record();
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +68,13 @@ def test_german_question_about_a_japanese_document_streams_a_german_answer(page,
     first.wait_for()
     assert first.locator(".babel-file").inner_text() == "ja_security_policy.md"
     assert "(ja)" in first.locator(".babel-lang").inner_text()
-    answer = page.locator("#babel-chat .babel-answer").last
-    seen: list[str] = []
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        if page.locator("#babel-chat .babel-answer.babel-done").count():
-            break
-        if answer.count():
-            text = answer.inner_text().strip()
-            if text and text not in seen:
-                seen.append(text)
-        time.sleep(0.2)
+    # every state the answer's text goes through, recorded by the page itself on each DOM change
+    # (polling from here misses states when the model streams fast)
+    page.evaluate(RECORD_ANSWER_STATES)
     final = page.locator("#babel-chat .babel-answer.babel-done")
+    final.wait_for(timeout=400_000)
     assert final.count() == 1, "no finished answer within 400 s"
+    seen = [s for s in page.evaluate("() => window.babelSeen") if s]
     text = final.inner_text().strip()
     shot = screenshot(page, "ui-answer-de.png")
     print(f"\n{GERMAN_QUESTION}\n-> {text}\n   {len(seen)} streamed states; screenshot {shot}")

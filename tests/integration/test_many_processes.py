@@ -192,6 +192,9 @@ def test_a_second_job_on_a_collection_is_refused_and_a_killed_jobs_lease_is_take
         for line in first.stderr:  # its progress lines: it holds the lease and writes
             if line.startswith("[5/"):
                 break
+        # frozen, not finished: on a fast machine the 200 files are written before the second
+        # job has started; a stopped process keeps its lease (alive, within lease_ttl_s)
+        first.send_signal(signal.SIGSTOP)
         second = babelrag("ingest", str(folder), "-c", "kb-lease", *CONFIG, env=env)
         assert second.returncode == 1, second.stdout
         assert "'kb-lease' is being written by another ingestion job: babelrag ingest" in second.stderr
