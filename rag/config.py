@@ -277,6 +277,10 @@ class ServerConfig(_Section):
     # When set, the web UI asks for it at login (as the password, any user name) and the REST API
     # wants "Authorization: Bearer <token>". Keep it out of files: BABELRAG_SERVER_TOKEN=...
     token: SecretStr | None = None
+    # A second token that reads only: search, ask and chat (REST, the OpenAI-compatible endpoint,
+    # MCP's read tools), listings, the API schema; the routes that write (collections, uploads,
+    # ingestion jobs, deletes, MCP's delete_document) and the web UI want ``token``. Needs ``token``.
+    read_token: SecretStr | None = None
     # Files uploaded in the web UI are kept here, one folder per collection, and ingested from
     # there: uploading a changed file again replaces it, an unchanged one is skipped.
     upload_dir: Path = Path(".babelrag/uploads")
@@ -287,6 +291,16 @@ class ServerConfig(_Section):
     # may ingest, for any client. Empty: clients on this machine (loopback) may ingest any path the
     # server can read, others none.
     ingest_roots: list[Path] = []
+
+    @model_validator(mode="after")
+    def _read_token_needs_a_token(self) -> ServerConfig:
+        if self.read_token is not None and self.token is None:
+            raise ValueError("read_token is set but token is not: set server.token (the token that may write) too")
+        if self.read_token is not None and self.token is not None and (
+            self.read_token.get_secret_value() == self.token.get_secret_value()
+        ):
+            raise ValueError("read_token is the same as token: give the read-only token its own value")
+        return self
 
 
 # vLLM engine settings, each a flag of `vllm serve` (--dtype, --max-model-len, ...); None leaves

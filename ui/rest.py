@@ -396,11 +396,12 @@ async def answer_response(stream: AnswerStream, events: bool) -> Response:
 # -- the routes -------------------------------------------------------------------------------------
 
 
-def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
+def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize, authorize_write: Authorize | None = None) -> None:
     """Add /healthz, /readyz, the /v1 routes, /openapi.json and /docs over ``pipeline`` to
     ``app`` (built with ``docs_url=None, openapi_url=None``); ``authorize`` is the token check."""
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    writes = [Depends(authorize_write or authorize)]  # the routes that change a knowledge base
     settings = pipeline.settings
     upload_dir = Path(settings.server.upload_dir)
     jobs = IngestJobs(pipeline)
@@ -448,11 +449,11 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
     def collections() -> list[dict[str, Any]]:
         return [collection_json(c) for c in pipeline.collections()]
 
-    @v1.post("/collections", tags=["collections"], status_code=201)
+    @v1.post("/collections", tags=["collections"], status_code=201, dependencies=writes)
     def create_collection(body: CollectionRequest) -> dict[str, Any]:
         return collection_json(pipeline.create_collection(body.name))
 
-    @v1.delete("/collections/{name}", tags=["collections"], status_code=204)
+    @v1.delete("/collections/{name}", tags=["collections"], status_code=204, dependencies=writes)
     def delete_collection(name: str) -> Response:
         pipeline.delete_collection(name)
         return Response(status_code=204)
@@ -461,7 +462,7 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
     def documents(name: str) -> list[dict[str, Any]]:
         return [document_json(e) for e in pipeline.documents(name)]
 
-    @v1.post("/collections/{name}/documents", tags=["documents"], status_code=202)
+    @v1.post("/collections/{name}/documents", tags=["documents"], status_code=202, dependencies=writes)
     async def upload(
         name: CollectionName, files: Annotated[list[UploadFile], File(description="One or more files.")]
     ) -> Any:
@@ -469,7 +470,7 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
         saved = await save_uploads(files, upload_dir / name, settings.server.max_upload_mb)
         return jobs.submit_upload(name, saved)
 
-    @v1.delete("/collections/{name}/documents", tags=["documents"])
+    @v1.delete("/collections/{name}/documents", tags=["documents"], dependencies=writes)
     def delete_document(
         name: str,
         source: Annotated[str | None, Query(description="The document's source, as listed.")] = None,
@@ -489,7 +490,7 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
             path.unlink()  # an uploaded copy goes with its document
         return {"source": source, "collection": name, "chunks_deleted": deleted}
 
-    @v1.post("/jobs", tags=["jobs"], status_code=202)
+    @v1.post("/jobs", tags=["jobs"], status_code=202, dependencies=writes)
     def submit_job(body: IngestRequest, request: Request) -> dict[str, Any]:
         return jobs.submit(body, request.client.host if request.client else None)
 
@@ -551,16 +552,26 @@ def token_of(request: Request) -> str | None:
     return None
 
 
-def check_token(request: Request, token: str | None) -> None:
-    """The token check every guarded route runs (``token`` None: no token configured, open)."""
+def check_token(request: Request, token: str | None, *, read_token: str | None = None, write: bool = False) -> None:
+    """The token check every guarded route runs (``token`` None: no token configured, open).
+    ``read_token`` passes where ``write`` is False; on a route that writes it is a 403."""
     if token is None:
         return
     given = token_of(request)
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+        return
+    if given is not None and read_token is not None and hmac.compare_digest(given.encode(), read_token.encode()):
+        if not write:
+            return
         raise HTTPException(
-            status_code=401,
-            detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'"
-            if given is None
-            else "the token sent is not this server's server.token: send 'Authorization: Bearer <server.token>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=403,
+            detail=f"{request.method} {request.url.path} writes, and the token sent is server.read_token, which "
+            "only reads: send 'Authorization: Bearer <server.token>'",
         )
+    raise HTTPException(
+        status_code=401,
+        detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'"
+        if given is None
+        else "the token sent is not this server's server.token: send 'Authorization: Bearer <server.token>'",
+        headers={"WWW-Authenticate": "Bearer"},
+    )

@@ -31,18 +31,22 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     pipeline = pipeline or Pipeline(settings or load_settings())
     s = pipeline.settings.server
     token = s.token.get_secret_value() if s.token is not None else None
+    read_token = s.read_token.get_secret_value() if s.read_token is not None else None
 
-    def authorize(request: Request) -> None:
-        rest.check_token(request, token)
+    def authorize(request: Request) -> None:  # reads: server.token or server.read_token
+        rest.check_token(request, token, read_token=read_token)
+
+    def authorize_write(request: Request) -> None:  # writes: server.token only
+        rest.check_token(request, token, read_token=read_token, write=True)
 
     def login(_user: str, password: str) -> bool:
         return token is not None and hmac.compare_digest(password.encode(), token.encode())
 
     # docs_url/openapi_url None: rest.install serves both behind the token
     app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url=None, openapi_url=None)
-    rest.install(app, pipeline, authorize)
+    rest.install(app, pipeline, authorize, authorize_write)
     openai_api.install(app, pipeline, authorize)  # /v1/models, /v1/chat/completions
-    mount_mcp(app, pipeline, token=token)  # MCP at /mcp (streamable HTTP): same token; writes need it
+    mount_mcp(app, pipeline, token=token, read_token=read_token)  # MCP at /mcp: the same tokens; writes need token
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)

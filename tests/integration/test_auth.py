@@ -1,0 +1,106 @@
+"""Every route of the app `babelrag serve` runs, walked with no token, the read-only token and the
+token that writes: what each may do. A route added without a guard fails the walk."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Mount, Route
+
+from rag import Pipeline, load_settings
+from tests.conftest import free_port
+from ui.server import create_app
+
+pytestmark = pytest.mark.integration
+
+TOKEN, READ = "write-t0ken", "read-t0ken"
+OPEN = {"/healthz", "/readyz"}  # liveness and readiness (details only with a token)
+CATCH_ALL = {"/v1/{path:path}", "/api/{path:path}"}  # 404s in the error shape, naming where to go
+WRITES = {
+    ("POST", "/v1/collections"), ("DELETE", "/v1/collections/{name}"), ("POST", "/v1/collections/{name}/documents"),
+    ("DELETE", "/v1/collections/{name}/documents"), ("POST", "/v1/jobs"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = load_settings(
+        store={"path": tmp_path_factory.mktemp("store")}, server={"token": TOKEN, "read_token": READ},
+        llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0},
+    )  # fmt: skip
+    with Pipeline(settings) as rag, TestClient(create_app(pipeline=rag)) as c:
+        yield c
+
+
+def routes(app) -> list[tuple[str, str]]:
+    """(method, path) of every route but the web UI's mount, included routers flattened."""
+    return _walk(app.routes, prefix="")
+
+
+def _walk(table, prefix: str) -> list[tuple[str, str]]:
+    found = []
+    for r in table:
+        if hasattr(r, "original_router"):  # FastAPI's included router
+            found += _walk(r.original_router.routes, prefix + r.include_context.prefix)
+        elif isinstance(r, APIRoute):
+            found += [(m, prefix + r.path) for m in sorted(r.methods - {"HEAD"})]
+        elif isinstance(r, Route) and not isinstance(r, Mount):
+            found += [(m, prefix + r.path) for m in sorted((r.methods or {"POST"}) - {"HEAD"})]
+    return found
+
+
+def call(client, method: str, path: str, token: str | None):
+    url = re.sub(r"\{(\w+)(:path)?\}", lambda m: {"path": "x/y"}.get(m.group(1), "nope-kb"), path)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if path == "/mcp":
+        headers |= {"Accept": "application/json, text/event-stream"}
+    return client.request(method, url, headers=headers, json={} if method in ("POST", "PUT", "PATCH") else None)
+
+
+def test_every_route_answers_each_token_as_it_should(client):
+    table = routes(client.app)
+    guarded = [(m, p) for m, p in table if p not in OPEN | CATCH_ALL]
+    assert len(guarded) >= 17 and ("POST", "/mcp") in guarded and ("GET", "/openapi.json") in guarded
+    assert WRITES <= set(guarded)
+    wrong = []
+    for method, path in table:
+        none, bad = call(client, method, path, None), call(client, method, path, "not-a-token")
+        read, write = call(client, method, path, READ), call(client, method, path, TOKEN)
+        if path in OPEN:
+            expected_none = none.status_code in (200, 503)
+        elif path in CATCH_ALL:
+            expected_none = none.status_code in (401, 404)
+        else:
+            expected_none = none.status_code == 401 and bad.status_code == 401
+        expected_read = (read.status_code == 403) if (method, path) in WRITES else read.status_code not in (401, 403)
+        if not (expected_none and expected_read and write.status_code not in (401, 403)):
+            wrong.append((method, path, none.status_code, bad.status_code, read.status_code, write.status_code))
+    assert not wrong, f"(method, path, none, wrong token, read token, write token): {wrong}"
+
+
+def test_refusals_say_which_token_is_wanted(client):
+    r = client.post("/v1/collections", json={"name": "newkb"}, headers={"Authorization": f"Bearer {READ}"})
+    assert r.status_code == 403
+    assert "server.read_token, which only reads" in r.json()["error"]["message"]
+    r = client.post("/v1/search", json={"query": "Urlaub"})
+    assert r.status_code == 401 and "Authorization: Bearer <server.token>" in r.json()["error"]["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/v1/collections", json={"name": "newkb"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 201, r.text
+
+
+def test_readiness_details_only_with_a_token(client):
+    open_ = client.get("/readyz").json()
+    assert open_["checks"]["llm"] == {"ok": False}  # no detail without a token
+    shown = client.get("/readyz", headers={"Authorization": f"Bearer {READ}"}).json()
+    assert "cannot reach the LLM server" in shown["checks"]["llm"]["detail"]
+
+
+def test_a_read_token_without_a_token_is_a_config_error():
+    from rag import ConfigError
+
+    with pytest.raises(ConfigError, match="read_token is set but token is not"):
+        load_settings(server={"read_token": READ})
