@@ -21,7 +21,7 @@ test:
 
 # Unit tests only: no models, no servers.
 test-fast:
-	$(PY) -m pytest -m "not model and not integration and not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not model and not integration and not e2e and not slow" $(PYTEST_ARGS)
 
 # Ingest the sample handbook (8 languages) and ask cross-lingual questions, streaming.
 demo:

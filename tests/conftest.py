@@ -56,6 +56,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# One line per group of reliability/security cases ("reliability: kill points 24 tried, 24
+# converged"), printed together at the end of the run (CI's log) and kept in
+# test-artifacts/figures.txt; README's "Reliability and security" quotes them.
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figure() -> Callable[[str], None]:
+    """``figure("reliability: ...")`` records one line for the end-of-run summary."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("reliability and security figures")
+    for line in FIGURES:
+        terminalreporter.write_line(line)
+    out = ROOT / "test-artifacts" / "figures.txt"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(FIGURES) + "\n", encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def model_settings() -> Settings:
     """Settings for this machine's local models (configs/cpu-small.yaml + env)."""
