@@ -138,13 +138,16 @@ def ingest_files(
     engine: Literal["local", "ray"] | None = None,
     settings: Settings | None = None,
     job: str = "babelrag ingest",
+    roots: Sequence[Path] = (),
 ) -> IngestReport:
     """``engine`` (default ``config.engine``): "local" loads, chunks and embeds in this process;
     "ray" does it on a Ray cluster (ingestion.ray_engine), whose workers build their chunker,
-    language identifier and embedder from ``settings``. Either way this process does every write."""
+    language identifier and embedder from ``settings``. Either way this process does every write.
+    ``roots``: only files whose real path lies in one of these folders are read (a server's
+    ``server.ingest_roots``: a symlink inside a root must not lead out of it)."""
     started = time.perf_counter()
     paths = [Path(p).expanduser() for p in paths]
-    files, unreachable = discover(paths, config.extensions)
+    files, unreachable = discover(paths, config.extensions, roots=roots)
     report = IngestReport(collection=collection)
     report.failed.extend(FileIssue(p, why) for p, why in unreachable)
     if not files and not unreachable and not prune:

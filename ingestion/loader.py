@@ -587,23 +587,27 @@ def _file_kind(mode: int) -> str:
 # --- discovery --------------------------------------------------------------------------------
 
 
-def discover(paths: Iterable[str | Path], extensions: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+def discover(
+    paths: Iterable[str | Path], extensions: Sequence[str], *, roots: Sequence[Path] = ()
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files to ingest under ``paths``, and (path, reason) for each thing found but skipped.
 
     Files come resolved, sorted and without duplicates; folders are walked without following
     folder symlinks (so a symlink loop cannot trap the walk), hidden files and folders skipped.
     Skipped with a reason: symlink loops and broken symlinks, folder symlinks leading out of the
     tree, folders that cannot be listed, FIFOs and devices (never opened), and files named
-    explicitly whose extension is not in ``extensions``. A path that does not exist raises
-    IngestionError.
+    explicitly whose extension is not in ``extensions``. With ``roots`` (a server's
+    ``server.ingest_roots``), a file whose real path lies outside all of them — a symlink out of
+    a root — is skipped without being opened. A path that does not exist raises IngestionError.
     """
     wanted = {e.lower() for e in extensions}
     found: set[Path] = set()
     skipped: dict[str, str] = {}
+    confined = [r.resolve() for r in roots]
     for raw in paths:
         path = Path(raw).expanduser()
         if os.path.isdir(path):
-            _walk(path, wanted, found, skipped)
+            _walk(path, wanted, found, skipped, confined)
             continue
         try:
             info = os.stat(path)
@@ -612,11 +616,11 @@ def discover(paths: Iterable[str | Path], extensions: Sequence[str]) -> tuple[li
         if path.suffix.lower() not in wanted:
             skipped[str(path)] = _unsupported(path.suffix.lower(), wanted)
         else:
-            _add_file(path, info, found, skipped)
+            _add_file(path, info, found, skipped, confined)
     return sorted(found), sorted(skipped.items())
 
 
-def _walk(root: Path, wanted: set[str], found: set[Path], skipped: dict[str, str]) -> None:
+def _walk(root: Path, wanted: set[str], found: set[Path], skipped: dict[str, str], roots: list[Path]) -> None:
     def unlistable(e: OSError) -> None:
         skipped[e.filename] = f"cannot list this folder ({e.strerror}); fix its permissions"
 
@@ -637,14 +641,21 @@ def _walk(root: Path, wanted: set[str], found: set[Path], skipped: dict[str, str
                 skipped[str(path)] = _os_problem(path, e)
                 continue
             if path.suffix.lower() in wanted:
-                _add_file(path, info, found, skipped)
+                _add_file(path, info, found, skipped, roots)
 
 
-def _add_file(path: Path, info: os.stat_result, found: set[Path], skipped: dict[str, str]) -> None:
-    if stat.S_ISREG(info.st_mode):
-        found.add(path.resolve())
-    else:
+def _add_file(path: Path, info: os.stat_result, found: set[Path], skipped: dict[str, str], roots: list[Path]) -> None:
+    if not stat.S_ISREG(info.st_mode):
         skipped[str(path)] = f"is a {_file_kind(info.st_mode)}, not a regular file; skipped without opening it"
+        return
+    real = path.resolve()
+    if roots and not any(real.is_relative_to(r) for r in roots):
+        skipped[str(path)] = (
+            f"links to {real}, outside the folders this server ingests from ({', '.join(map(str, roots))}); "
+            "not read: copy the file into one of them or add its folder to server.ingest_roots"
+        )
+        return
+    found.add(real)
 
 
 def _folder_link_problem(link: Path, real_root: Path) -> str | None:

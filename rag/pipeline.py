@@ -100,6 +100,7 @@ class Pipeline:
         progress: Progress | None = None,
         lease_wait_s: float | None = None,
         engine: Literal["local", "ray"] | None = None,
+        roots: Sequence[Path] = (),
     ) -> IngestReport:
         """Add new, replace changed and skip unchanged files under ``paths`` in ``collection``.
 
@@ -110,6 +111,8 @@ class Pipeline:
         ``lease_wait_s`` (default ``ingestion.lease_wait_s``): how long to wait while another
         job writes the collection. When the embedded store is held by a running
         ``babelrag serve`` (and ``store.handoff``), a local-engine job is handed to that server.
+        ``roots``: read only files whose real path lies inside these folders (what a server
+        confines other machines' jobs to: ``server.ingest_roots``); a symlink out is skipped.
         """
         collection = self._collection(collection)
         paths = list(paths)
@@ -144,6 +147,7 @@ class Pipeline:
                 progress=progress,
                 engine=engine,
                 settings=self.settings,
+                roots=roots,
             )
         finally:  # even a failed job may have written: derived indexes must look again
             self._refresh(collection)

@@ -173,6 +173,7 @@ class IngestJobs:
         collection = body.collection or self.pipeline.settings.store.collection
         return self._submit(collection, paths, lambda progress: self.pipeline.ingest(
             paths, collection, prune=body.prune, reindex=body.reindex, progress=progress, lease_wait_s=body.wait_s,
+            roots=self.roots,
         ))  # fmt: skip
 
     def submit_upload(self, collection: str, saved: list[SavedUpload]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from rag.config import load_settings
 from rag.errors import IngestionError
-from ui.rest import IngestJobs
+from ui.rest import IngestJobs, IngestRequest
 
 
 def jobs(**server) -> IngestJobs:
@@ -36,6 +36,35 @@ def test_with_roots_any_client_but_only_inside_them(tmp_path):
     (root / "link").symlink_to(tmp_path)  # a link out of the root is judged by where it points
     with pytest.raises(IngestionError, match="outside"):
         confined.check_paths([str(root / "link")], "127.0.0.1")
+
+
+def test_a_symlink_inside_a_root_does_not_lead_out_of_it(tmp_path):
+    from ingestion.loader import discover
+
+    root, outside = tmp_path / "kb", tmp_path / "secrets"
+    (root / "ja").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "passwd.txt").write_text("root:x:0:0", encoding="utf-8")
+    (root / "ja" / "規程.md").write_text("# 規程\n\nパスワードは14文字以上。", encoding="utf-8")
+    (root / "ja" / "leak.txt").symlink_to(outside / "passwd.txt")
+    (root / "ja" / "inside.md").symlink_to(root / "ja" / "規程.md")  # a link that stays inside is fine
+    files, skipped = discover([root], [".md", ".txt"], roots=[root])
+    assert files == [(root / "ja" / "規程.md").resolve()]
+    ((path, reason),) = skipped
+    assert path == str(root / "ja" / "leak.txt") and "outside the folders this server ingests from" in reason
+    assert (outside / "passwd.txt").resolve() in discover([root], [".md", ".txt"])[0]  # no roots: followed
+
+
+def test_server_jobs_are_confined_to_the_roots_the_whole_way_down(tmp_path):
+    calls = []
+    pipeline = SimpleNamespace(
+        settings=load_settings(server={"ingest_roots": [tmp_path]}),
+        ingest=lambda paths, collection, **kw: calls.append(kw) or SimpleNamespace(),
+    )
+    jobs = IngestJobs(pipeline)
+    jobs.submit(IngestRequest(paths=[str(tmp_path)], collection="kb"), "10.0.0.7")
+    jobs._runner.shutdown(wait=True)
+    assert calls and calls[0]["roots"] == [tmp_path.resolve()]
 
 
 # -- uploads, tokens, the error shape and the answer's events (no models either) -------------------
