@@ -10,11 +10,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 from fastapi import FastAPI, Request
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import rag
 from rag import Pipeline, Settings, load_settings
 from rag.integrations.mcp import mount_mcp
 from ui import openai_api, rest
+from ui.errors import error_response
 from ui.web import CSS, JS, WebUI
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
     rest.install_not_found(app)  # keep last before the UI's mount: it answers every /v1 path no router took
-    return gr.mount_gradio_app(
+    gr.mount_gradio_app(
         app,
         blocks,
         path="/",
@@ -66,3 +69,50 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         js=JS,
         allowed_paths=[],
     )
+    if token is not None:
+        (mount,) = [r for r in app.routes if isinstance(r, Mount) and r.path == ""]
+        mount.app = LoginGate(mount.app, token)
+    return app
+
+
+class LoginGate:
+    """ASGI, in front of the Gradio UI when a token is configured: only what draws the login page
+    is open; every other path wants a logged-in session (Gradio's cookie) or the token as a bearer.
+
+    Gradio checks the login on most of its routes, but not all: its heartbeat stream (held open
+    for as long as a client likes), /gradio_api/cancel and /gradio_api/stream/{id} answer anyone.
+    Here nothing does that a stranger could use, whatever a Gradio release adds."""
+
+    PUBLIC = frozenset({
+        "/", "/login", "/login/", "/logout", "/config", "/config/", "/favicon.ico", "/theme.css", "/robots.txt",
+        "/manifest.json", "/gradio_api/theme.css", "/gradio_api/login_check", "/gradio_api/login_check/",
+        "/gradio_api/app_id", "/gradio_api/app_id/", "/gradio_api/startup-events",
+    })  # fmt: skip
+    PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    def _logged_in(self, request: Request) -> bool:
+        gradio = self.app  # gradio.routes.App: its login cookie names the session in .tokens
+        cookie_id = getattr(gradio, "cookie_id", None)
+        for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
+            session = request.cookies.get(name)
+            if session and getattr(gradio, "tokens", {}).get(session) is not None:
+                return True
+        given = rest.token_of(request)
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path in self.PUBLIC or path.startswith(self.PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if not self._logged_in(Request(scope)):
+            response = error_response(
+                401, f"{path} is part of this server's web UI, which is private: log in at / with its token "
+                "(server.token) as the password, or send 'Authorization: Bearer <server.token>'",
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ from starlette.routing import Mount, Route
 
 from rag import Pipeline, load_settings
 from tests.conftest import free_port
-from ui.server import create_app
+from ui.server import LoginGate, create_app
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +83,29 @@ def test_every_route_answers_each_token_as_it_should(client, figure):
         f"security: routes {len(guarded)} checked without a token, 0 open; {len(WRITES)} that write refuse the read "
         f"token; {len(OPEN)} open by design ({', '.join(sorted(OPEN))})"
     )
+
+
+def test_the_web_ui_is_closed_but_for_its_login_page(client, figure):
+    """Gradio's own routes, walked like the API's: only what draws the login page answers a
+    stranger (or the read token: the UI wants server.token, through its login)."""
+    (mount,) = [r for r in client.app.routes if isinstance(r, Mount) and r.path == ""]
+    table = routes(mount.app.app)  # the Gradio app behind the gate
+    public = [(m, p) for m, p in table if p in LoginGate.PUBLIC or p.startswith(LoginGate.PUBLIC_PREFIXES)]
+    shadowed = set(routes(client.app))  # e.g. /openapi.json: the API's own route answers first
+    closed = [(m, p) for m, p in table if (m, p) not in public and (m, p) not in shadowed]
+    assert ("GET", "/gradio_api/heartbeat/{session_hash}") in closed and ("POST", "/gradio_api/cancel") in closed
+    assert len(closed) >= 40
+    wrong = [
+        (m, p, none.status_code, read.status_code)
+        for m, p in closed
+        if (none := call(client, m, p, None)).status_code != 401
+        or (read := call(client, m, p, READ)).status_code != 401
+    ]
+    assert not wrong, f"UI routes that answer without the login (method, path, no token, read token): {wrong}"
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text  # the login page itself
+    assert client.get("/config").status_code == 401  # Gradio's own check behind the page
+    figure(f"security: web UI routes {len(closed)} checked without a login, 0 open; {len(public)} draw the login page")
 
 
 def test_refusals_say_which_token_is_wanted(client):

@@ -267,6 +267,34 @@ def test_browser_follow_up_is_understood_and_old_markers_show_their_own_sources(
 
 
 @pytest.mark.browser
+def test_browser_logs_in_with_the_token_through_the_gate_and_chats(handbook, browser):  # noqa: F811
+    """With a token, a stranger gets the login page only (ui.server.LoginGate); after logging in
+    with the token, everything the UI calls (queue, heartbeat, uploads) passes the gate."""
+    with (
+        FakeLLM(GERMAN_ANSWER) as llm,
+        AppServer(create_app(pipeline=with_llm(handbook, llm.url, token="s3cret"))) as app,
+    ):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app.url + "/")
+        page.get_by_text("This BabelRAG server is private").wait_for()
+        page.get_by_label("username").fill("anna")
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for()
+        page.get_by_label("username").fill("anna")
+        page.get_by_label("password").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_function("() => window.babelCitations === true")  # the UI itself, its script ran
+        page.fill("#babel-question textarea", GERMAN)
+        page.click("#babel-send")
+        final = page.locator("#babel-chat .babel-answer.babel-done")
+        final.wait_for()
+        assert final.inner_text().startswith("Ein Passwort muss mindestens 14 Zeichen")
+        page.close()
+
+
+@pytest.mark.browser
 def test_browser_settings_reach_the_pipeline(handbook, browser):  # noqa: F811
     with (
         FakeLLM("A password needs at least 14 characters [1].") as llm,
