@@ -9,6 +9,7 @@ from rag.answering import AnswerEvent, AnswerStream
 from rag.chat import ChatMessage
 from rag.config import Settings, load_settings
 from rag.errors import (
+    AccessDeniedError,
     BabelRAGError,
     CollectionNotFoundError,
     ConfigError,
@@ -30,6 +31,7 @@ from rag.store import CollectionInfo, ManifestEntry
 from rag.types import Answer, Chunk, Citation, CitedSentence, Document, Hit, LoadedText, Usage
 
 __all__ = [
+    "AccessDeniedError",
     "Answer",
     "AnswerEvent",
     "AnswerStream",

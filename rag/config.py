@@ -150,7 +150,7 @@ class LanguageConfig(_Section):
     # the detector knows. For lingua, all 75 cost 18 s and 1.1 GB to load and sent hi to mr.
     languages: list[str] | None = (
         ["en", "de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "fi", "pl", "cs", "hu", "ro", "el", "tr", "ru", "uk", "ar", "fa", "he", "hi", "bn", "ur", "ta", "zh", "ja", "ko", "th", "vi", "id"]
-    )
+    )  # fmt: skip
     low_accuracy: bool = False  # lingua only: faster and leaner, but wrong on very short text
 
 
@@ -269,6 +269,28 @@ class ChatConfig(_Section):
     rewrite: bool = True  # rewrite a follow-up into a standalone question before retrieval
 
 
+class ScopedToken(_Section):
+    """A token for one client of `babelrag serve` (a team, a bot): what it may do, and where."""
+
+    name: str = Field(min_length=1)  # who holds it: named in refusals and logs, never the secret
+    secret: SecretStr
+    scope: Literal["read", "write"] = "read"  # read: search, ask, chat, listings; write: also ingest, delete
+    # The collections it reaches (listings show only these); None: every collection.
+    collections: list[str] | None = None
+
+    @field_validator("collections")
+    @classmethod
+    def _collection_names(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else [validate_collection_name(n) for n in names]
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value()) < 16:
+            raise ValueError("a token's secret needs at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return secret
+
+
 class ServerConfig(_Section):
     """`babelrag serve`: the web UI and the REST API, one FastAPI app."""
 
@@ -281,6 +303,10 @@ class ServerConfig(_Section):
     # MCP's read tools), listings, the API schema; the routes that write (collections, uploads,
     # ingestion jobs, deletes, MCP's delete_document) and the web UI want ``token``. Needs ``token``.
     read_token: SecretStr | None = None
+    # More tokens, each with a scope and optionally its own collections (e.g. a support bot that
+    # reads only `support-de` and `support-ja`). Needs ``token``. From the environment as JSON:
+    # BABELRAG_SERVER_TOKENS='[{"name": "support-bot", "secret": "...", "collections": ["support-de"]}]'
+    tokens: list[ScopedToken] = []
     # Files uploaded in the web UI are kept here, one folder per collection, and ingested from
     # there: uploading a changed file again replaces it, an unchanged one is skipped.
     upload_dir: Path = Path(".babelrag/uploads")
@@ -293,13 +319,19 @@ class ServerConfig(_Section):
     ingest_roots: list[Path] = []
 
     @model_validator(mode="after")
-    def _read_token_needs_a_token(self) -> ServerConfig:
-        if self.read_token is not None and self.token is None:
-            raise ValueError("read_token is set but token is not: set server.token (the token that may write) too")
-        if self.read_token is not None and self.token is not None and (
-            self.read_token.get_secret_value() == self.token.get_secret_value()
-        ):
-            raise ValueError("read_token is the same as token: give the read-only token its own value")
+    def _more_tokens_need_a_token(self) -> ServerConfig:
+        if self.token is None and (self.read_token is not None or self.tokens):
+            which = "read_token" if self.read_token is not None else "tokens"
+            raise ValueError(f"{which} is set but token is not: set server.token (the token that may write) too")
+        secrets = [t.get_secret_value() for t in (self.token, self.read_token) if t is not None]
+        secrets += [t.secret.get_secret_value() for t in self.tokens]
+        if len(set(secrets)) < len(secrets):
+            raise ValueError(
+                "two of server.token, server.read_token and server.tokens share a secret: give each its own"
+            )
+        names = [t.name for t in self.tokens]
+        if len(set(names)) < len(names):
+            raise ValueError(f"server.tokens names must differ (got {', '.join(names)})")
         return self
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError            settings file or values are invalid
     ├── ModelNotFoundError     a model id/path cannot be loaded (no local folder, hub unreachable)
     ├── QueryError             the question itself is unusable (empty, too long)
+    ├── AccessDeniedError      the caller's token does not reach this collection or may not write
     ├── IngestionError         a file or folder cannot be ingested
     ├── StoreError             the vector store refused or cannot be reached
     │   ├── CollectionNotFoundError
@@ -36,6 +37,10 @@ class ModelNotFoundError(BabelRAGError):
 
 
 class QueryError(BabelRAGError):
+    pass
+
+
+class AccessDeniedError(BabelRAGError):
     pass
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Unpack, get_args
 from ingestion.chunker import SentenceChunker, tokenizer_spans
 from ingestion.job import IngestReport, Progress, delete_sources, index_fingerprint, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
+from rag import access
 from rag.answering import AnswerPlan, AnswerStream
 from rag.budget import below_thresholds, context_budget, fit_sources
 from rag.chat import ChatMessage, accept_rewrite, bound_history, rewrite_messages
@@ -114,7 +115,7 @@ class Pipeline:
         ``roots``: read only files whose real path lies inside these folders (what a server
         confines other machines' jobs to: ``server.ingest_roots``); a symlink out is skipped.
         """
-        collection = self._collection(collection)
+        collection = self._collection(collection, write=True)
         paths = list(paths)
         try:
             self.store.warm_up()
@@ -159,9 +160,12 @@ class Pipeline:
         except StoreError as e:  # e.g. a job that failed before creating the collection
             log.info("derived indexes of %r not refreshed: %s", collection, e)
 
-    def _collection(self, name: str | None) -> str:
-        """``name``, or the configured collection; a name Chroma would refuse is a QueryError."""
-        return QueryOptions.of(collection=name).resolve(self.settings).collection
+    def _collection(self, name: str | None, *, write: bool = False) -> str:
+        """``name``, or the configured collection; a name Chroma would refuse is a QueryError, one
+        the current caller may not read (or ``write``) an AccessDeniedError (rag.access)."""
+        collection = QueryOptions.of(collection=name).resolve(self.settings).collection
+        access.require(collection, write=write)
+        return collection
 
     def _chunker(self) -> SentenceChunker:
         return SentenceChunker(
@@ -180,19 +184,22 @@ class Pipeline:
             )
 
     def collections(self) -> list[CollectionInfo]:
-        return self.store.collections()
+        """The collections of the store, those the current caller may read (rag.access)."""
+        found = self.store.collections()
+        visible = set(access.visible([c.name for c in found]))
+        return [c for c in found if c.name in visible]
 
     def create_collection(self, name: str) -> CollectionInfo:
         """An empty collection ``name`` for this pipeline's embedding model and chunking (an
         existing one built with them is kept; one built with others is an IndexMismatchError)."""
-        name = self._collection(name)
+        name = self._collection(name, write=True)
         chunker = self._chunker()
         self.store.ensure_collection(name, fingerprint=index_fingerprint(self.embedder, chunker))
         return self.store.info(name)
 
     def delete_collection(self, name: str) -> None:
         """Delete collection ``name``, its chunks and its manifest (not while a job writes it)."""
-        name = self._collection(name)
+        name = self._collection(name, write=True)
         self.store.require(name)
         config = self.settings.ingestion
         with self.store.lease(name, job="delete-collection", ttl_s=config.lease_ttl_s, wait_s=0):
@@ -236,7 +243,7 @@ class Pipeline:
 
     def delete_document(self, source: str, collection: str | None = None) -> int:
         """Delete one source file's chunks from ``collection``; returns how many were deleted."""
-        collection = self._collection(collection)
+        collection = self._collection(collection, write=True)
         entry = self.store.entries(collection, [source]).get(source)
         if entry is None or entry.status == "deleted":
             known = ", ".join(sorted(Path(e.source).name for e in self.documents(collection))[:10]) or "none"
@@ -248,7 +255,9 @@ class Pipeline:
     # -- query options ---------------------------------------------------------------------
 
     def _resolve(self, options: QueryOptions | None, fields: QueryFields) -> ResolvedQuery:
-        return QueryOptions.of(options, **fields).resolve(self.settings)
+        resolved = QueryOptions.of(options, **fields).resolve(self.settings)
+        access.require(resolved.collection)
+        return resolved
 
     # -- retrieval -----------------------------------------------------------------------
 

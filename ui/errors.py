@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.errors import (
+    AccessDeniedError,
     BabelRAGError,
     CollectionNotFoundError,
     ConfigError,
@@ -67,6 +68,8 @@ def error_response(
 
 def status_of(error: BabelRAGError) -> int:
     """The HTTP status a BabelRAG error answers with."""
+    if isinstance(error, AccessDeniedError):
+        return 403
     if isinstance(error, CollectionNotFoundError):
         return 404
     if isinstance(error, LeaseHeldError | LeaseLostError | IndexMismatchError):

@@ -30,7 +30,7 @@ clients answers they misread; a 404 in the error shape says where to go instead.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextvars
 import ipaddress
 import json
 import logging
@@ -38,7 +38,6 @@ import os
 import threading
 import time
 import uuid
-from base64 import b64decode
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +63,7 @@ from rag import (
     Pipeline,
     QueryError,
     QueryOptions,
+    access,
 )
 from rag.config import validate_collection_name
 from ui.errors import error_body, error_response, install_error_handlers, status_of
@@ -171,6 +171,7 @@ class IngestJobs:
     def submit(self, body: IngestRequest, client: str | None) -> dict[str, Any]:
         paths = self.check_paths(body.paths, client)
         collection = body.collection or self.pipeline.settings.store.collection
+        access.require(collection, write=True)  # refused now, not as a failed job later
         return self._submit(collection, paths, lambda progress: self.pipeline.ingest(
             paths, collection, prune=body.prune, reindex=body.reindex, progress=progress, lease_wait_s=body.wait_s,
             roots=self.roots,
@@ -203,7 +204,8 @@ class IngestJobs:
             self._jobs[job["id"]] = job
             while len(self._jobs) > self.KEEP:
                 self._jobs.popitem(last=False)
-        self._runner.submit(self._run, job, work)
+        # the job runs as the request that submitted it (rag.access): its token's collections hold
+        self._runner.submit(contextvars.copy_context().run, self._run, job, work)
         return dict(job)
 
     def _run(self, job: dict[str, Any], work: Callable[[Progress], IngestReport]) -> None:
@@ -467,6 +469,7 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize, authorize_wr
     async def upload(
         name: CollectionName, files: Annotated[list[UploadFile], File(description="One or more files.")]
     ) -> Any:
+        access.require(name, write=True)  # a token for other collections (403) saves nothing
         await asyncio.to_thread(pipeline.documents, name)  # an unknown collection is a 404 before any file is saved
         saved = await save_uploads(files, upload_dir / name, settings.server.max_upload_mb)
         return jobs.submit_upload(name, saved)
@@ -537,42 +540,3 @@ def install_not_found(app: FastAPI) -> None:
     @app.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def moved(path: str) -> JSONResponse:
         return error_response(404, f"/api/{path} is gone: the REST API is versioned now, under /v1 (see /docs)")
-
-
-def token_of(request: Request) -> str | None:
-    """The token a request carries: ``Authorization: Bearer <token>``, or Basic with the token as
-    the password (any user name), which browsers send for /docs."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            return b64decode(value.strip()).decode("utf-8").partition(":")[2]
-        except ValueError:
-            return None
-    return None
-
-
-def check_token(request: Request, token: str | None, *, read_token: str | None = None, write: bool = False) -> None:
-    """The token check every guarded route runs (``token`` None: no token configured, open).
-    ``read_token`` passes where ``write`` is False; on a route that writes it is a 403."""
-    if token is None:
-        return
-    given = token_of(request)
-    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
-        return
-    if given is not None and read_token is not None and hmac.compare_digest(given.encode(), read_token.encode()):
-        if not write:
-            return
-        raise HTTPException(
-            status_code=403,
-            detail=f"{request.method} {request.url.path} writes, and the token sent is server.read_token, which "
-            "only reads: send 'Authorization: Bearer <server.token>'",
-        )
-    raise HTTPException(
-        status_code=401,
-        detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'"
-        if given is None
-        else "the token sent is not this server's server.token: send 'Authorization: Bearer <server.token>'",
-        headers={"WWW-Authenticate": "Bearer"},
-    )

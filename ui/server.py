@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 
@@ -17,6 +16,7 @@ import rag
 from rag import Pipeline, Settings, load_settings
 from rag.integrations.mcp import mount_mcp
 from ui import openai_api, rest
+from ui.auth import AccessMiddleware, Tokens, token_of
 from ui.errors import error_response
 from ui.web import CSS, JS, WebUI
 
@@ -33,23 +33,27 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     """The app ``babelrag serve`` runs. Cheap: models load on the first request that needs them."""
     pipeline = pipeline or Pipeline(settings or load_settings())
     s = pipeline.settings.server
-    token = s.token.get_secret_value() if s.token is not None else None
-    read_token = s.read_token.get_secret_value() if s.read_token is not None else None
+    tokens = Tokens(s)
 
-    def authorize(request: Request) -> None:  # reads: server.token or server.read_token
-        rest.check_token(request, token, read_token=read_token)
+    def authorize(request: Request) -> None:  # reads: any of the server's tokens
+        tokens.check(request)
 
-    def authorize_write(request: Request) -> None:  # writes: server.token only
-        rest.check_token(request, token, read_token=read_token, write=True)
+    def authorize_write(request: Request) -> None:  # writes: a token whose scope writes
+        tokens.check(request, write=True)
 
-    def login(_user: str, password: str) -> bool:
-        return token is not None and hmac.compare_digest(password.encode(), token.encode())
+    def login(_user: str, password: str) -> bool:  # the web UI: server.token only
+        return tokens.is_admin(password)
 
     # docs_url/openapi_url None: rest.install serves both behind the token
     app = FastAPI(title="BabelRAG", version=rag.__version__, docs_url=None, openapi_url=None)
     rest.install(app, pipeline, authorize, authorize_write)
     openai_api.install(app, pipeline, authorize)  # /v1/models, /v1/chat/completions
-    mount_mcp(app, pipeline, token=token, read_token=read_token)  # MCP at /mcp: the same tokens; writes need token
+    mount_mcp(  # MCP at /mcp: the same tokens, the same scopes
+        app,
+        pipeline,
+        access_of=lambda r: tokens.access_of(token_of(r)) if r is not None else None,
+        required=tokens.required,
+    )
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
@@ -58,7 +62,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         app,
         blocks,
         path="/",
-        auth=login if token is not None else None,
+        auth=login if s.token is not None else None,
         auth_message="This BabelRAG server is private: enter its token as the password (any user name).",
         footer_links=[],
         max_file_size=f"{s.max_upload_mb}mb",
@@ -69,9 +73,10 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         js=JS,
         allowed_paths=[],
     )
-    if token is not None:
+    if tokens.required:
         (mount,) = [r for r in app.routes if isinstance(r, Mount) and r.path == ""]
-        mount.app = LoginGate(mount.app, token)
+        mount.app = LoginGate(mount.app, tokens)
+    app.add_middleware(AccessMiddleware, tokens=tokens)  # each request runs as its token's Access
     return app
 
 
@@ -90,8 +95,8 @@ class LoginGate:
     })  # fmt: skip
     PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.token = app, token
+    def __init__(self, app: ASGIApp, tokens: Tokens) -> None:
+        self.app, self.tokens = app, tokens
 
     def _logged_in(self, request: Request) -> bool:
         gradio = self.app  # gradio.routes.App: its login cookie names the session in .tokens
@@ -100,8 +105,7 @@ class LoginGate:
             session = request.cookies.get(name)
             if session and getattr(gradio, "tokens", {}).get(session) is not None:
                 return True
-        given = rest.token_of(request)
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        return self.tokens.is_admin(token_of(request))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

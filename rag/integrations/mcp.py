@@ -10,10 +10,12 @@ carrying their message; the server never crashes on one.
 
 Writes are off unless the caller may write. Over stdio the one caller is whoever started the
 process: ``babelrag mcp --allow-write`` opts in. Over HTTP the decision is per request, because
-one server answers every client: a request may write only when it bears the server token
-(``Authorization: Bearer <server.token>``); with no token configured ``/mcp`` is read-only. The
-check sits in one server middleware, which sees each message's HTTP request: it drops the write
-tools from ``tools/list`` and refuses a call to one. One server with one tool set and a
+one server answers every client: ``access_of`` maps each message's HTTP request to what its
+token grants (``rag.access.Access``: the server's tokens, see ui/auth.py); a request may write
+only with a token that writes, and with no token configured ``/mcp`` is read-only. One server
+middleware, which sees each message's HTTP request, runs the message as that Access (so
+``rag.Pipeline`` holds every collection a tool names or lists to the token's collections), drops
+the write tools from ``tools/list`` and refuses a call to one. One server with one tool set and a
 per-request guard, rather than a server per permission, keeps one session manager and one
 lifespan, and a client's session cannot change what it may do by replaying another's session id.
 
@@ -29,7 +31,6 @@ where this one is the same server on stdio, for desktop agents, and on HTTP.
 
 from __future__ import annotations
 
-import hmac
 import inspect
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -50,13 +51,13 @@ from starlette.types import Receive, Scope, Send
 
 import rag
 from rag import Answer, BabelRAGError, Chunk, Citation, Hit, Pipeline, QueryOptions
+from rag.access import Access, acting_as
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-# Whether a request may change the knowledge base: a fixed answer, or one per HTTP request
-# (the Starlette request that carried the message; None on stdio).
-WritePolicy = bool | Callable[[Request | None], bool]
+# What the HTTP request that carried a message may do (None: no token, or none configured).
+AccessOf = Callable[[Request | None], Access | None]
 
 WRITE_TOOLS = frozenset({"delete_document"})
 ANSWER_ONLY_OPTIONS = frozenset({"language"})  # QueryOptions fields that only change an answer
@@ -153,9 +154,9 @@ class Deleted(BaseModel):
 # -- the server --------------------------------------------------------------------------------------
 
 
-def build_mcp_server(pipeline: Pipeline, *, allow_write: WritePolicy = False) -> MCPServer:
-    """An MCP server over ``pipeline``. ``allow_write``: False (no write tools), True, or a
-    function of the HTTP request deciding per request (see the module docstring)."""
+def build_mcp_server(pipeline: Pipeline, *, allow_write: bool = False, access_of: AccessOf | None = None) -> MCPServer:
+    """An MCP server over ``pipeline``. ``allow_write``: every caller may write (stdio).
+    ``access_of``: each HTTP request's Access decides, per message (see the module docstring)."""
     settings = pipeline.settings
     server = MCPServer(
         "babelrag",
@@ -167,7 +168,7 @@ def build_mcp_server(pipeline: Pipeline, *, allow_write: WritePolicy = False) ->
             "ask answers with [n] markers citing its numbered sources; search returns the passages."
         ),
         log_level="WARNING",  # its INFO lines (each failed tool) would crowd `babelrag serve`'s console
-        middleware=[] if allow_write is False or allow_write is True else [_write_guard(allow_write)],
+        middleware=[] if access_of is None else [_access_guard(access_of)],
     )
 
     async def search(query: str, options: QueryOptions) -> Annotated[CallToolResult, SearchResult]:
@@ -236,7 +237,7 @@ def build_mcp_server(pipeline: Pipeline, *, allow_write: WritePolicy = False) ->
     server.add_tool(_tool(_with_query_options(ask)), annotations=READ_ONLY)
     for fn in (list_collections, list_documents, get_chunk):
         server.add_tool(_tool(fn), annotations=READ_ONLY)
-    if allow_write is not False:
+    if allow_write or access_of is not None:
         server.add_tool(_tool(delete_document), annotations=ToolAnnotations(destructive_hint=True))
     return server
 
@@ -289,27 +290,31 @@ def _tool(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _write_guard(may_write: Callable[[Request | None], bool]):
-    """Server middleware: the write tools are neither listed nor callable for a request that
-    may not write."""
+def _access_guard(access_of: AccessOf):
+    """Server middleware: each message runs as its request's Access; the write tools are neither
+    listed nor callable for a request that may not write."""
 
     async def guard(ctx, call_next):
-        if ctx.method == "tools/call" and (ctx.params or {}).get("name") in WRITE_TOOLS and not may_write(ctx.request):
+        access = access_of(ctx.request)
+        may_write = access is not None and access.write
+        if ctx.method == "tools/call" and (ctx.params or {}).get("name") in WRITE_TOOLS and not may_write:
             name = ctx.params["name"]
             return CallToolResult(
                 content=[
                     TextContent(
                         type="text",
                         text=(
-                            f"{name} changes the knowledge base, and this connection is read-only: send the server "
-                            "token (Authorization: Bearer <server.token>), or run `babelrag mcp --allow-write` on stdio"
+                            f"{name} changes the knowledge base, and this connection is read-only: send a token "
+                            "that writes (Authorization: Bearer <server.token>), or run `babelrag mcp --allow-write` "
+                            "on stdio"
                         ),
                     )
                 ],
                 is_error=True,
             )
-        result = await call_next(ctx)
-        if ctx.method == "tools/list" and isinstance(result, dict) and not may_write(ctx.request):
+        with acting_as(access):
+            result = await call_next(ctx)
+        if ctx.method == "tools/list" and isinstance(result, dict) and not may_write:
             result["tools"] = [t for t in result.get("tools", []) if t.get("name") not in WRITE_TOOLS]
         return result
 
@@ -409,20 +414,13 @@ def _answer_text(a: Answer) -> str:
 
 
 def mount_mcp(
-    app: FastAPI, pipeline: Pipeline, *, token: str | None, read_token: str | None = None, path: str = "/mcp"
+    app: FastAPI, pipeline: Pipeline, *, access_of: AccessOf, required: bool, path: str = "/mcp"
 ) -> MCPServer:
     """Serve the MCP server at ``path`` of ``app`` (streamable HTTP) and run its session manager
-    in ``app``'s lifespan. With ``token`` set every request must bear it (or ``read_token``, which
-    reads but cannot write) and gets 401 otherwise; without one ``path`` is open and read-only.
-    Call it before a catch-all mount (Gradio's at "/"): the route is put first either way."""
-    accepted = [t for t in (token, read_token) if t is not None]
-
-    def bears(request: Request | None, expected: str | None) -> bool:
-        given = _bearer(request.headers.get("authorization")) if request is not None else None
-        return given is not None and expected is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-    writes = False if token is None else lambda request: bears(request, token)  # no token: no write tools
-    server = build_mcp_server(pipeline, allow_write=writes)
+    in ``app``'s lifespan. ``access_of`` tells what a request's token grants; with ``required``
+    (a token is configured) a request without a known token gets 401; without, ``path`` is open
+    and read-only. Call it before a catch-all mount (Gradio's at "/"): the route is put first."""
+    server = build_mcp_server(pipeline, access_of=access_of)
     host = pipeline.settings.server.host
     # DNS-rebinding protection (the SDK's default on a loopback host): a web page a local user
     # opens must not reach an open local /mcp through a hostile DNS name. On another host the
@@ -433,7 +431,7 @@ def mount_mcp(
         else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     )
     server.streamable_http_app(streamable_http_path=path, transport_security=security, host=host)
-    gate = _TokenGate(StreamableHTTPASGIApp(server.session_manager), accepted=accepted, bears=bears)
+    gate = _TokenGate(StreamableHTTPASGIApp(server.session_manager), access_of=access_of, required=required)
     app.router.routes.insert(0, Route(path, endpoint=gate))  # an ASGI app: every method
     previous = app.router.lifespan_context
 
@@ -447,22 +445,18 @@ def mount_mcp(
 
 
 class _TokenGate:
-    """ASGI: the MCP endpoint behind the bearer token, answering 401 as the REST API does (the
+    """ASGI: the MCP endpoint behind the server's tokens, answering 401 as the REST API does (the
     HTTPException reaches the app's error handlers, so both speak the same shape)."""
 
-    def __init__(self, app: StreamableHTTPASGIApp, *, accepted: list[str], bears: Callable[..., bool]) -> None:
-        self.app, self.accepted, self.bears = app, accepted, bears
+    def __init__(self, app: StreamableHTTPASGIApp, *, access_of: AccessOf, required: bool) -> None:
+        self.app, self.access_of, self.required = app, access_of, required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.accepted and not any(self.bears(Request(scope), t) for t in self.accepted):
+        if self.required and self.access_of(Request(scope)) is None:
             raise HTTPException(
                 status_code=401,
-                detail="this BabelRAG server wants its token: send 'Authorization: Bearer <server.token>'",
+                detail="this BabelRAG server wants its token: send 'Authorization: Bearer <token>' with "
+                "server.token or another token of this server",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         await self.app(scope, receive, send)
-
-
-def _bearer(header: str | None) -> str | None:
-    scheme, _, value = (header or "").partition(" ")
-    return (value.strip() or None) if scheme.lower() == "bearer" else None

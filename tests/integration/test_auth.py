@@ -17,6 +17,7 @@ from ui.server import LoginGate, create_app
 pytestmark = pytest.mark.integration
 
 TOKEN, READ = "write-t0ken", "read-t0ken"
+HR_READER, HR_WRITER = "hr-reader-0123456789", "hr-writer-0123456789"  # server.tokens for hr-* only
 OPEN = {"/healthz", "/readyz"}  # liveness and readiness (details only with a token)
 CATCH_ALL = {"/v1/{path:path}", "/api/{path:path}"}  # 404s in the error shape, naming where to go
 WRITES = {
@@ -28,7 +29,11 @@ WRITES = {
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     settings = load_settings(
-        store={"path": tmp_path_factory.mktemp("store")}, server={"token": TOKEN, "read_token": READ},
+        store={"path": tmp_path_factory.mktemp("store")},
+        server={"token": TOKEN, "read_token": READ, "tokens": [
+            {"name": "hr-reader", "secret": HR_READER, "collections": ["hr-de", "hr-ja"]},
+            {"name": "hr-writer", "secret": HR_WRITER, "scope": "write", "collections": ["hr-de"]},
+        ]},
         llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0},
     )  # fmt: skip
     with Pipeline(settings) as rag, TestClient(create_app(pipeline=rag)) as c:
@@ -111,12 +116,45 @@ def test_the_web_ui_is_closed_but_for_its_login_page(client, figure):
 def test_refusals_say_which_token_is_wanted(client):
     r = client.post("/v1/collections", json={"name": "newkb"}, headers={"Authorization": f"Bearer {READ}"})
     assert r.status_code == 403
-    assert "server.read_token, which only reads" in r.json()["error"]["message"]
+    assert "the token sent (server.read_token) only reads" in r.json()["error"]["message"]
     r = client.post("/v1/search", json={"query": "Urlaub"})
-    assert r.status_code == 401 and "Authorization: Bearer <server.token>" in r.json()["error"]["message"]
+    assert r.status_code == 401 and "Authorization: Bearer <token>" in r.json()["error"]["message"]
     assert r.headers["www-authenticate"] == "Bearer"
     r = client.post("/v1/collections", json={"name": "newkb"}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 201, r.text
+
+
+def test_a_token_for_some_collections_sees_and_reaches_only_those(client):
+    def as_(token):
+        return {"Authorization": f"Bearer {token}"}
+
+    for name in ("hr-de", "finance"):
+        assert client.post("/v1/collections", json={"name": name}, headers=as_(TOKEN)).status_code in (201, 409)
+    listed = {c["name"] for c in client.get("/v1/collections", headers=as_(HR_READER)).json()}
+    assert "hr-de" in listed and "finance" not in listed
+    models = {m["id"] for m in client.get("/v1/models", headers=as_(HR_READER)).json()["data"]}
+    assert "hr-de" in models and "finance" not in models
+    refused = [
+        client.post("/v1/search", json={"query": "Urlaubstage", "collection": "finance"}, headers=as_(HR_READER)),
+        client.post("/v1/ask", json={"question": "Сколько дней отпуска?", "collection": "finance"}, headers=as_(HR_READER)),
+        client.get("/v1/collections/finance/documents", headers=as_(HR_READER)),
+        client.post("/v1/chat/completions", json={"model": "finance", "messages": [{"role": "user", "content": "休暇は?"}]},
+                    headers=as_(HR_READER)),
+        client.delete("/v1/collections/finance", headers=as_(HR_WRITER)),
+        client.post("/v1/collections", json={"name": "hr-ja"}, headers=as_(HR_READER)),  # reads only
+        client.post("/v1/collections", json={"name": "finance-2"}, headers=as_(HR_WRITER)),
+        client.delete("/v1/collections/finance/documents", params={"source": "x.md"}, headers=as_(HR_WRITER)),
+    ]  # fmt: skip
+    # the OpenAI endpoint answers as OpenAI does for a model the key cannot see: 404, model not found
+    assert [r.status_code for r in refused] == [403, 403, 403, 404, 403, 403, 403, 403], [r.text for r in refused]
+    assert "'hr-reader' is for collections hr-de, hr-ja, not 'finance'" in refused[0].json()["error"]["message"]
+    assert refused[0].json()["error"]["type"] in ("forbidden", "AccessDeniedError")
+    assert (
+        client.post("/v1/search", json={"query": "Urlaub", "collection": "hr-de"}, headers=as_(HR_READER)).status_code
+        == 200
+    )
+    gone = client.delete("/v1/collections/hr-de", headers=as_(HR_WRITER))
+    assert gone.status_code == 204, gone.text
 
 
 def test_readiness_details_only_with_a_token(client):

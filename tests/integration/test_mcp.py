@@ -23,6 +23,7 @@ from rag import Pipeline, QueryOptions, load_settings
 from rag.integrations.mcp import build_mcp_server, mount_mcp
 from tests.conftest import EXAMPLES, ROOT
 from tests.helpers_web import AppServer
+from ui.auth import Tokens, token_of
 from ui.server import create_app
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
@@ -34,7 +35,7 @@ QUESTIONS = {q["lang"]: q for q in yaml.safe_load((EXAMPLES / "questions.yaml").
 FILES = ["ja_security_policy.md", "ar_travel_expenses.md", "hi_leave_policy.md", "de_remote_work.md",
          "en_company_overview.md"]  # fmt: skip
 READ_TOOLS = {"search", "ask", "list_collections", "list_documents", "get_chunk"}
-TOKEN, READ_TOKEN = "s3cret-write", "s3cret-read"
+TOKEN, READ_TOKEN, BOT_TOKEN = "s3cret-write", "s3cret-read", "s3cret-hr-bot-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +144,9 @@ def pipeline(store):
         yield rag
 
 
-def with_token(pipeline: Pipeline, token: str | None) -> Pipeline:
+def with_token(pipeline: Pipeline, token: str | None, **server) -> Pipeline:
     settings = pipeline.settings.model_copy(deep=True)
-    settings.server = type(settings.server).model_validate({**settings.server.model_dump(), "token": token})
+    settings.server = type(settings.server).model_validate({**settings.server.model_dump(), "token": token, **server})
     return Pipeline(settings, embedder=pipeline.embedder, store=pipeline.store, language=pipeline.language)
 
 
@@ -170,17 +171,31 @@ async def test_http_token_guards_mcp_and_only_the_write_token_writes(pipeline):
             async with httpx.AsyncClient() as http:
                 refused = await http.post(f"{app.url}/mcp", json=hello, headers=headers)
             assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
-            assert "Authorization: Bearer <server.token>" in refused.text
+            assert "Authorization: Bearer <token>" in refused.text
         async with http_session(app.url, TOKEN) as session:
             assert await tool_names(session) == READ_TOOLS | {"delete_document"}
             found = await session.call_tool("search", {"query": QUESTIONS["ja"]["question"], "top_k": 1})
             assert found.structured_content["hits"][0]["file_name"] == "ar_travel_expenses.md"
 
-    # a read token (mount_mcp's read_token) reads but does not see or run the write tools
+    # a read token reads but does not see or run the write tools; a token for other collections
+    # sees none of handbook's
+    bot = {"name": "hr-bot", "secret": BOT_TOKEN, "scope": "write", "collections": ["hr-de"]}
+    scoped = with_token(pipeline, TOKEN, read_token=READ_TOKEN, tokens=[bot])
     app = FastAPI()
-    mount_mcp(app, guarded, token=TOKEN, read_token=READ_TOKEN)
+    tokens = Tokens(scoped.settings.server)
+    mount_mcp(app, scoped, access_of=lambda r: tokens.access_of(token_of(r)) if r else None, required=True)
     source = str(EXAMPLES / "handbook" / "en_company_overview.md")
     with AppServer(app) as served:
+        async with http_session(served.url, BOT_TOKEN) as session:
+            assert await tool_names(session) == READ_TOOLS | {"delete_document"}
+            listed = await session.call_tool("list_collections", {})
+            assert "handbook" not in {c["name"] for c in listed.structured_content["collections"]}
+            for tool, args in (("search", {"query": QUESTIONS["ja"]["question"]}), ("list_documents", {}),
+                               ("delete_document", {"source": source, "collection": "handbook"})):  # fmt: skip
+                refused = await session.call_tool(tool, args)
+                assert (
+                    refused.is_error and "'hr-bot' is for collections hr-de, not 'handbook'" in refused.content[0].text
+                )
         async with http_session(served.url, READ_TOKEN) as session:
             assert await tool_names(session) == READ_TOOLS
             listed = await session.call_tool("list_documents", {})

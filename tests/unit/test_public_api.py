@@ -3,7 +3,7 @@ import rag
 
 def test_public_api_is_curated():
     assert set(rag.__all__) == {
-        "Answer", "AnswerEvent", "AnswerStream", "BabelRAGError", "ChatMessage", "Chunk", "Citation",
+        "AccessDeniedError", "Answer", "AnswerEvent", "AnswerStream", "BabelRAGError", "ChatMessage", "Chunk", "Citation",
         "CitedSentence", "CollectionInfo", "Usage",
         "CollectionNotFoundError", "ConfigError", "Document", "Evidence", "FileIssue", "GenerationError", "Hit",
         "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",

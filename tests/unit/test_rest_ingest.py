@@ -114,25 +114,52 @@ def test_a_failed_new_version_brings_the_previous_one_back(tmp_path):
     assert (tmp_path / "a.txt").read_text() == "alt" and not new.aside.exists()
 
 
-def test_token_from_bearer_or_basic():
+def test_token_from_bearer_or_basic_and_the_access_it_grants():
     from base64 import b64encode
 
     from fastapi import HTTPException
     from starlette.requests import Request
 
-    from ui.rest import check_token
+    from rag.access import Access
+    from ui.auth import Tokens
 
     def request(authorization: str | None) -> Request:
         headers = [(b"authorization", authorization.encode())] if authorization else []
-        return Request({"type": "http", "headers": headers})
+        return Request({"type": "http", "method": "POST", "path": "/v1/jobs", "headers": headers})
 
-    check_token(request(None), None)  # no token configured: open
-    check_token(request("Bearer s3cret"), "s3cret")
-    check_token(request("Basic " + b64encode(b"anyone:s3cret").decode()), "s3cret")  # a browser's, for /docs
-    for bad in (None, "Bearer wrong", "Basic !!", "Token s3cret"):
+    assert Tokens(load_settings().server).check(request(None)) is None  # no token configured: open
+    bot = {"name": "support-bot", "secret": "b" * 24, "collections": ["support-ja"]}
+    tokens = Tokens(load_settings(server={"token": "s3cret", "read_token": "r3ad", "tokens": [bot]}).server)
+    assert tokens.check(request("Bearer s3cret"), write=True) == Access("server.token", write=True)
+    browser = tokens.check(request("Basic " + b64encode(b"anyone:s3cret").decode()))  # a browser's, for /docs
+    assert browser is not None and browser.name == "server.token"
+    assert tokens.check(request("Bearer " + "b" * 24)) == Access("support-bot", False, frozenset({"support-ja"}))
+    for bad in (None, "Bearer wrong", "Basic !!", "Token s3cret", "Bearer s3cre", "Bearer s3cret2"):
         with pytest.raises(HTTPException) as caught:
-            check_token(request(bad), "s3cret")
-        assert caught.value.status_code == 401 and "Authorization: Bearer <server.token>" in caught.value.detail
+            tokens.check(request(bad))
+        assert caught.value.status_code == 401 and "Authorization: Bearer <token>" in caught.value.detail
+    for reader in ("r3ad", "b" * 24):
+        with pytest.raises(HTTPException) as caught:
+            tokens.check(request(f"Bearer {reader}"), write=True)
+        assert caught.value.status_code == 403 and "POST /v1/jobs writes" in caught.value.detail
+
+
+def test_a_token_reaches_only_its_collections():
+    from rag.access import Access, acting_as, require, visible
+    from rag.errors import AccessDeniedError
+
+    bot = Access("support-bot", write=False, collections=frozenset({"support-de", "support-ja"}))
+    with acting_as(bot):
+        require("support-ja")
+        assert visible(["hr", "support-de", "support-ja"]) == ["support-de", "support-ja"]
+        with pytest.raises(
+            AccessDeniedError, match="'support-bot' is for collections support-de, support-ja, not 'hr'"
+        ):
+            require("hr")
+        with pytest.raises(AccessDeniedError, match="'support-bot' only reads"):
+            require("support-ja", write=True)
+    require("hr", write=True)  # outside a request: no limits
+    assert visible(["hr"]) == ["hr"]
 
 
 def test_error_shape_and_statuses():
