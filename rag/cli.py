@@ -583,19 +583,21 @@ def llm_install(
             out.print(f"# {name}{more if fallback else ''}\n{shlex.join(command)}", markup=False, soft_wrap=True)
         out.print(f"# then: vllm.python = {plan.python} in {target}", markup=False, soft_wrap=True)
         return
-    err.print(f"vLLM {llm_install.VLLM_VERSION} ({chosen}) into {plan.venv}; log: {plan.log_file}", markup=False)
-    runtime = llm_install.install(plan, force=force, say=lambda line: err.print(line, markup=False))
+
+    def say(line: str) -> None:
+        err.print(line, markup=False, soft_wrap=True)  # a path cut in two cannot be copied
+
+    say(f"vLLM {llm_install.VLLM_VERSION} ({chosen}) into {plan.venv}; log: {plan.log_file}")
+    runtime = llm_install.install(plan, force=force, say=say)
     llm_install.record_interpreter(target, runtime.python)
     cuda = f"CUDA {runtime.cuda}" if runtime.cuda else "CPU"
-    out.print(f"vLLM {runtime.vllm} with torch {runtime.torch} ({cuda}) in {plan.venv}", markup=False)
+    out.print(f"vLLM {runtime.vllm} with torch {runtime.torch} ({cuda}) in {plan.venv}", markup=False, soft_wrap=True)
     out.print(f"vllm.python: {runtime.python} (recorded in {target})", markup=False, soft_wrap=True)
     in_effect = _settings(config).vllm.python
     if user_config is None and in_effect != str(runtime.python):
-        err.print(
+        say(
             f"note: vllm.python is still {in_effect} here: BABELRAG_VLLM_PYTHON or the --config file sets it, and "
-            "both win over the user's settings file",
-            markup=False,
-            soft_wrap=True,
+            "both win over the user's settings file"
         )
 
 
