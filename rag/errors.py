@@ -12,7 +12,8 @@
     │   ├── StoreLockedError   the embedded store is open in another process
     │   ├── LeaseHeldError     another ingestion job writes the collection
     │   └── LeaseLostError     this job's lease was taken over (it stalled past the lease's time)
-    └── GenerationError        the LLM server is down, slow or answered garbage
+    ├── GenerationError        the LLM server is down, slow or answered garbage
+    └── InstallError           `babelrag llm install` could not build the vLLM runtime
 
 Every message says what was expected, what came, and what to do. The CLI prints
 ``str(error)`` as one line and exits non-zero, so messages must stand on their own.
@@ -81,4 +82,8 @@ class LeaseLostError(StoreError):
 
 
 class GenerationError(BabelRAGError):
+    pass
+
+
+class InstallError(BabelRAGError):
     pass

@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_config(tmp_path_factory):
+    """The user's settings file (~/.config/babelrag/config.yaml: `babelrag llm install` records
+    vllm.python there) stays out of the tests and the processes they start."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+        yield
+
+
 def need_env(*names: str) -> None:
     missing = [n for n in names if not os.environ.get(n)]
     if missing:

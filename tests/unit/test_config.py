@@ -56,6 +56,29 @@ def test_env_vars_of_other_tools_are_ignored(monkeypatch):
     assert load_settings().vllm.python == "/venv/bin/python"
 
 
+def test_the_user_file_sits_under_the_project_file_and_the_environment(tmp_path, monkeypatch):
+    user = tmp_path / "xdg" / "babelrag" / "config.yaml"
+    user.parent.mkdir(parents=True)
+    user.write_text("vllm:\n  python: /opt/vllm/bin/python\n  port: 8020\nllm:\n  base_url: http://user:1/v1\n")
+    project = tmp_path / "project.yaml"
+    project.write_text("vllm:\n  profile: cpu\nllm:\n  base_url: http://project:2/v1\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    s = load_settings(project)
+    assert (s.vllm.python, s.vllm.port) == ("/opt/vllm/bin/python", 8020)  # kept beside the project's vllm.profile
+    assert s.vllm.profile == "cpu" and s.llm.base_url == "http://project:2/v1"  # the project file wins
+    monkeypatch.setenv("BABELRAG_VLLM_PYTHON", "/env/bin/python")
+    assert load_settings(project).vllm.python == "/env/bin/python"  # and the environment over both
+
+
+def test_a_bad_user_file_is_named(tmp_path, monkeypatch):
+    user = tmp_path / "babelrag" / "config.yaml"
+    user.parent.mkdir()
+    user.write_text("vllm:\n  pyhton: /opt/vllm/bin/python\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"config file {user} / environment.*vllm\.pyhton"):
+        load_settings()
+
+
 def test_typo_in_file_is_an_error_naming_the_field(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("retrieval:\n  topk: 3\n")

@@ -53,7 +53,7 @@ def test_gpu_config_sets_all_four_flags():
     assert settings.llm.model == "Qwen/Qwen2.5-7B-Instruct"
     assert command.profile == "gpu" and "VLLM_CPU_KVCACHE_SPACE" not in command.env
     assert engine_flags(command.argv) == [
-        "--dtype", "bfloat16", "--max-model-len", "16384", "--gpu-memory-utilization", "0.9",
+        "--dtype", "bfloat16", "--max-model-len", "16384", "--gpu-memory-utilization", "0.8",
         "--tensor-parallel-size", "1", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
     assert settings.embedding.device == "cuda" and settings.retrieval.top_k == 5
@@ -153,7 +153,7 @@ def test_print_command_shows_the_command_and_starts_nothing(tmp_path):
     assert words[:2] == ["VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"]
     assert words[2:5] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert words[words.index("--port") + 1] == "8123"
-    assert words[words.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert words[words.index("--gpu-memory-utilization") + 1] == "0.8"
     assert "ready" not in result.output
 
 
