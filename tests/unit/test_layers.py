@@ -11,8 +11,9 @@ from tests.conftest import ROOT
 # rag modules that use both packages: the facade (Pipeline), its hand-off client, the CLI, and
 # what rag/__init__ re-exports from ingestion (IngestReport, FileIssue, JobProgress, Loader).
 FACADE = {"rag", "rag.pipeline", "rag.remote", "rag.cli"}
-# What a front end may import from rag: the public package and the schema of what it passes in.
-PUBLIC = {"rag", "rag.config", "rag.errors", "rag.options", "rag.languages"}
+# What a front end may import from rag: the public package, the schema of what it passes in, and
+# rag.access (how a server says whom a request acts for).
+PUBLIC = {"rag", "rag.config", "rag.errors", "rag.options", "rag.languages", "rag.access"}
 FRONT_ENDS = ("ui", "rag/integrations")
 
 
