@@ -344,7 +344,7 @@ class AnswerStream:
                 log.info("answer started in %s, not %s; asking again", wrong, target)
                 continue
             break
-        self.trace.timings["generate"] = time.perf_counter() - t0
+        self.trace.record("generate", time.perf_counter() - t0)
         if self._cancelled:
             self._text = text
             return
@@ -372,7 +372,7 @@ class AnswerStream:
             t1 = time.perf_counter()
             reason = f"the answer was in {language}, not {target}: translated"
             translated = yield from self._stream_translation(text, target, reset=reason if shown else None)
-            self.trace.timings["translate"] = time.perf_counter() - t1
+            self.trace.record("translate", time.perf_counter() - t1)
             if translated is not None:
                 self._translated = True
                 self._text = translated

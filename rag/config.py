@@ -338,6 +338,16 @@ class ServerConfig(_Section):
         return self
 
 
+class LoggingConfig(_Section):
+    """What the process logs and how: `babelrag --log-format json --log-level info ...` or these."""
+
+    # text: one line per record for a terminal; json: one JSON object per line for a log shipper
+    # (Loki, Elasticsearch, CloudWatch), with the request id of the question it belongs to.
+    format: Literal["text", "json"] = "text"
+    # info adds a line per HTTP request and per stage of each answer (language, embed, retrieve, ...)
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+
+
 # vLLM engine settings, each a flag of `vllm serve` (--dtype, --max-model-len, ...); None leaves
 # vLLM's own default. A profile may set them; the same field at the top of the vllm section wins.
 VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -416,6 +426,7 @@ class Settings(BaseSettings):
     chat: ChatConfig = ChatConfig()
     vllm: VLLMConfig = VLLMConfig()
     server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def validate_collection_name(name: str) -> str:
