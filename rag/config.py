@@ -11,9 +11,11 @@ model id does.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -502,6 +504,27 @@ def _merged(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
     for key, value in upper.items():
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """BABELRAG_* variables of ``environ`` (the process's) that name no setting but nearly name
+    one, with that one's variable: a typo is ignored silently (see _KnownFieldsEnvSource), and
+    `babelrag doctor` points it out. Far-off names are other tools' (BABELRAG_CACHE)."""
+    known = {
+        f"{section}_{name}".upper()
+        for section, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        for name in field.annotation.model_fields
+    }
+    found = []
+    for variable in sorted(os.environ if environ is None else environ):
+        name = variable.upper().removeprefix("BABELRAG_")
+        if variable.upper().startswith("BABELRAG_") and name not in known:
+            # compared without the shared prefix, which would make every pair look alike
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.88)
+            if close:
+                found.append((variable, f"BABELRAG_{close[0]}"))
+    return found
 
 
 class _KnownFieldsEnvSource(EnvSettingsSource):
