@@ -125,3 +125,13 @@ def configure_logging(config: LoggingConfig, stream: IO[str] | None = None) -> N
     root.addHandler(handler)
     root.setLevel(config.level.upper())
     logging.captureWarnings(True)
+
+
+def transformers_through_root() -> None:
+    """Send transformers' records to the root logger, like every other library's: by default it
+    prints them through a handler of its own, in its own format, past ``--log-format json``.
+    Called where BabelRAG loads a transformers model (importing it here would slow every command)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()

@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from rag.config import LoggingConfig
-from rag.logs import configure_logging, current_request_id, request_scope
+from rag.logs import configure_logging, current_request_id, request_scope, transformers_through_root
 from rag.trace import Trace, substage
 
 
@@ -99,3 +99,13 @@ def test_text_lines_show_the_request_id_and_the_level_filters(logged):
     first, second = buffer.getvalue().splitlines()
     assert first.endswith("WARNING babelrag.test [abc-1]: Zeitüberschreitung")
     assert second.endswith("WARNING babelrag.test: ohne Anfrage")
+
+
+def test_transformers_warnings_are_json_lines_too(logged):
+    from transformers.utils import logging as transformers_logging
+
+    buffer = logged()
+    transformers_through_root()  # as loading a model does
+    transformers_logging.get_logger("transformers.tokenization_utils_base").warning("Token indices sequence too long")
+    (line,) = parsed(buffer)
+    assert line["logger"] == "transformers.tokenization_utils_base" and line["level"] == "warning"
