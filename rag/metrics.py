@@ -7,7 +7,8 @@ Where each number comes from, so that nothing is timed twice:
 - searches: their trace's stage timings;
 - ingestion jobs this process ran: their IngestReport;
 - HTTP requests: the web app's middleware (``observe_request``);
-- the store's and the LLM server's health: asked at each scrape (``Pipeline.readiness``).
+- the store's and the LLM server's health: each ``Pipeline.readiness`` check (GET /metrics runs
+  one per scrape, /readyz one per call).
 
 Each Metrics has its own registry (a process may hold several pipelines: tests, notebooks).
 Counters live in this process's memory: right for `babelrag serve`, which runs one process with
@@ -17,7 +18,7 @@ multiprocess mode (PROMETHEUS_MULTIPROC_DIR), which is not set up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal, Protocol
 
@@ -32,8 +33,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from rag.types import Answer
 
@@ -56,17 +55,19 @@ class Metrics:
     """The counters and histograms of one Pipeline (``Pipeline.metrics``); ``render`` gives the
     Prometheus text exposition."""
 
-    def __init__(
-        self, *, health: Callable[[], Mapping[str, Health]] | None = None, models: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, *, models: Mapping[str, str] | None = None) -> None:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         PlatformCollector(registry=r)  # python_info
         Info("babelrag_build", "BabelRAG's version and the models it is set up with.", registry=r).info(
             {"version": _version("babelrag"), **(models or {})}
         )
-        if health is not None:
-            r.register(_HealthCollector(health))
+        self.up = Gauge("babelrag_up", "1 when the component (store, llm) answered its last health check, else 0.",
+                        ["component"], registry=r)  # fmt: skip
+        self.health_seconds = Gauge(
+            "babelrag_health_check_duration_seconds", "Seconds the component's last health check took.",
+            ["component"], registry=r,
+        )  # fmt: skip
         self.requests = Counter(
             "babelrag_http_requests", "HTTP requests answered, by method, route template and status.",
             ["method", "route", "status"], registry=r,
@@ -124,6 +125,11 @@ class Metrics:
 
     # -- what the pipeline and the web app report ---------------------------------------------
 
+    def observe_health(self, checks: Mapping[str, Health]) -> None:
+        for component, check in checks.items():
+            self.up.labels(component).set(1 if check.ok else 0)
+            self.health_seconds.labels(component).set(check.seconds)
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.request_seconds.labels(method, route).observe(seconds)
@@ -166,33 +172,6 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type, as GET /metrics answers them."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _HealthCollector(Collector):
-    """``babelrag_up{component}`` and how long its check took, asked at each scrape."""
-
-    def __init__(self, check: Callable[[], Mapping[str, Health]]) -> None:
-        self._check = check
-
-    def describe(self) -> Iterator[Metric]:  # the names, without asking the store and the LLM at registration
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._check())
-
-    @staticmethod
-    def _families(checks: Mapping[str, Health] | None = None) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "babelrag_up", "1 when the component (store, llm) answers, else 0.", labels=["component"]
-        )
-        took = GaugeMetricFamily(
-            "babelrag_health_check_duration_seconds", "Seconds the component's health check took.", labels=["component"]
-        )
-        for name, check in (checks or {}).items():
-            up.add_metric([name], 1.0 if check.ok else 0.0)
-            took.add_metric([name], check.seconds)
-        yield up
-        yield took
 
 
 def _version(distribution: str) -> str:

@@ -78,9 +78,7 @@ class Pipeline:
         self._rerankers: dict[str, Reranker] = {}
         self._count: TokenCount | None = None
         # what every answer, search and ingestion job of this pipeline adds up to (/metrics)
-        self.metrics = Metrics(
-            health=self.readiness, models={"embedding_model": s.embedding.model, "llm_model": s.llm.model}
-        )
+        self.metrics = Metrics(models={"embedding_model": s.embedding.model, "llm_model": s.llm.model})
 
     def close(self) -> None:
         """Let go of the store, so another process may open an embedded store (the next call
@@ -262,6 +260,7 @@ class Pipeline:
             checks["llm"] = Readiness(ok, detail, time.perf_counter() - t0)
         except BabelRAGError as e:
             checks["llm"] = Readiness(False, str(e), time.perf_counter() - t0)
+        self.metrics.observe_health(checks)
         return checks
 
     def documents(self, collection: str | None = None) -> list[ManifestEntry]:

@@ -29,7 +29,8 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize) -> None:
     """GET /metrics behind ``authorize`` (the read check), and the request middleware."""
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(authorize)])
-    def metrics() -> Response:  # sync: the health checks it runs block, so it runs in a worker thread
+    def metrics() -> Response:  # sync: the health checks block, so it runs in a worker thread
+        pipeline.readiness()  # babelrag_up as of this scrape
         body, content_type = pipeline.metrics.render()
         return Response(body, media_type=content_type)
 
