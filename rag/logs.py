@@ -45,10 +45,6 @@ def valid_request_id(value: str | None) -> bool:
     return value is not None and bool(_SAFE_ID.match(value))
 
 
-def current_request_id() -> str | None:
-    return _REQUEST_ID.get()
-
-
 @contextmanager
 def request_scope(request_id: str | None = None) -> Iterator[str]:
     """Log everything in this block (and what it hands to ``asyncio.to_thread``) with ``request_id``

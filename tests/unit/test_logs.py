@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from rag.config import LoggingConfig
-from rag.logs import configure_logging, current_request_id, request_scope, transformers_through_root
+from rag.logs import configure_logging, request_scope, transformers_through_root
 from rag.trace import Trace, substage
 
 
@@ -61,7 +61,6 @@ def test_stage_lines_carry_the_request_id_across_threads_and_the_async_api(logge
     assert all(line["level"] == "info" and line["logger"] == "rag.trace" and line["time"].endswith("Z") for line in lines)
     assert 0 <= trace.timings["embed"] <= trace.timings["retrieve"]  # embed is timed inside retrieve
     assert lines[1]["seconds"] == pytest.approx(trace.timings["retrieve"], abs=1e-5)
-    assert current_request_id() is None
 
 
 def test_a_client_id_is_kept_only_when_safe():
