@@ -171,7 +171,7 @@ def test_metrics_are_read_scoped_and_count_requests_by_route_template(client):
     r = client.get("/metrics", headers={"Authorization": f"Bearer {READ}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=")
     got = scrape(r.text)
-    by_template = dict(method="GET", route="/v1/collections/{name}/documents", status="404")
+    by_template = {"method": "GET", "route": "/v1/collections/{name}/documents", "status": "404"}
     assert sample(got, "babelrag_http_requests_total", **by_template) >= 1  # the template, not /v1/.../nope-kb/...
     assert sample(got, "babelrag_http_requests_total", method="GET", route="/metrics", status="401") >= 1
     assert sample(got, "babelrag_up", component="store") == 1 and sample(got, "babelrag_up", component="llm") == 0
