@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag.budget import context_budget
-from rag.config import Settings, load_settings, unknown_env_settings
+from rag.config import Settings, load_settings, unknown_env_settings, user_config_path
 from rag.errors import BabelRAGError, ConfigError, GenerationError, QueryError, StoreLockedError
 from rag.language import dominant_language
 from rag.llm import estimate_tokens
@@ -74,7 +74,11 @@ def diagnose(config: Path | None = None, **overrides: Any) -> Iterator[Finding]:
 
 
 def check_config(path: Path | None, settings: Settings) -> Iterator[Finding]:
-    yield Finding("config", "ok", f"{path or 'no config file (defaults)'}, with the environment's BABELRAG_* settings")
+    user_file = user_config_path()
+    files = [str(path)] if path else []
+    files += [f"the user's {user_file}"] if user_file.is_file() else []
+    shown = " over ".join(files) or "no config file (defaults)"
+    yield Finding("config", "ok", f"{shown}, with the environment's BABELRAG_* settings")
     server = settings.server
     if server.token is None and server.host not in ("127.0.0.1", "localhost", "::1"):
         yield Finding(
