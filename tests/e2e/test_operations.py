@@ -52,7 +52,9 @@ def test_metrics_and_json_logs_of_a_served_ingest_and_answer(served, tmp_path):
         "BABELRAG_INGESTION_REPORT_DIR": str(tmp_path / "reports"), "BABELRAG_SERVER_UPLOAD_DIR": str(tmp_path / "up"),
         "BABELRAG_LLM_BASE_URL": served["BABELRAG_LLM_BASE_URL"], "BABELRAG_SERVER_TOKEN": TOKEN,
         "BABELRAG_SERVER_READ_TOKEN": READ,
-        "BABELRAG_GENERATION_TOKENIZER": "estimate",  # loading the LLM's tokenizer is not what this tests (~5 s)
+        # what this tests is the numbers about an answer, not its length or its token counts: a short answer
+        # (20 s for 160 tokens on the shared CPU) and no LLM tokenizer to load (~5 s)
+        "BABELRAG_LLM_MAX_TOKENS": "48", "BABELRAG_GENERATION_TOKENIZER": "estimate",
     }  # fmt: skip
     command = [BABELRAG, "--log-format", "json", "--log-level", "info", "serve", "--port", str(port), "--config", CONFIG]
     log_file = tmp_path / "serve.log"
