@@ -24,6 +24,8 @@ from rag.errors import (
     StoreLockedError,
 )
 from rag.evidence import Evidence
+from rag.logs import request_scope
+from rag.metrics import Metrics
 from rag.options import QueryOptions
 from rag.pipeline import Pipeline, Readiness
 from rag.trace import Trace
@@ -57,6 +59,7 @@ __all__ = [
     "LoadedText",
     "Loader",
     "ManifestEntry",
+    "Metrics",
     "ModelNotFoundError",
     "Pipeline",
     "QueryError",
@@ -68,5 +71,6 @@ __all__ = [
     "Trace",
     "Usage",
     "load_settings",
+    "request_scope",
 ]
 __version__ = "0.1.0"

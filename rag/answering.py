@@ -36,6 +36,7 @@ from rag.generator import Generator, Message, translation_messages
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import not_found_message
 from rag.llm import AsyncChatStream, ChatStream, LLMClient
+from rag.metrics import Metrics
 from rag.text import LANGUAGE_SCRIPT, script_counts, script_share
 from rag.trace import Trace
 from rag.types import Answer, Citation, Hit
@@ -122,6 +123,7 @@ class AnswerStream:
         llm: LLMClient,
         language: LanguageIdentifier,
         config: GenerationConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.plan = plan
         self.trace = plan.trace
@@ -133,6 +135,7 @@ class AnswerStream:
         self._llm = llm
         self._language = language
         self._config = config
+        self._metrics = metrics
         self._stream: ChatStream | AsyncChatStream | None = None
         self._events: Iterator[AnswerEvent] | None = None
         self._aevents: AsyncIterator[AnswerEvent] | None = None
@@ -344,7 +347,7 @@ class AnswerStream:
                 log.info("answer started in %s, not %s; asking again", wrong, target)
                 continue
             break
-        self.trace.timings["generate"] = time.perf_counter() - t0
+        self.trace.record("generate", time.perf_counter() - t0)
         if self._cancelled:
             self._text = text
             return
@@ -372,7 +375,7 @@ class AnswerStream:
             t1 = time.perf_counter()
             reason = f"the answer was in {language}, not {target}: translated"
             translated = yield from self._stream_translation(text, target, reset=reason if shown else None)
-            self.trace.timings["translate"] = time.perf_counter() - t1
+            self.trace.record("translate", time.perf_counter() - t1)
             if translated is not None:
                 self._translated = True
                 self._text = translated
@@ -482,7 +485,7 @@ class AnswerStream:
             for i, hit in enumerate(hits, 1)
         ]  # fmt: skip
         timings = self.trace.finish()
-        return Answer(
+        answer = Answer(
             question=plan.question,
             text=mapped.text,
             language=self._detect(mapped.text),
@@ -500,6 +503,9 @@ class AnswerStream:
             timings=timings,
             dropped_sources=plan.fitted.dropped if plan.fitted else 0,
         )
+        if self._metrics is not None:
+            self._metrics.observe_answer(answer, cancelled=self._cancelled)
+        return answer
 
 
 __all__ = ["AnswerEvent", "AnswerPlan", "AnswerStream"]

@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rag.config import Settings, load_settings
+from rag.config import LoggingConfig, Settings, load_settings
 from rag.errors import BabelRAGError, ConfigError, GenerationError
+from rag.logs import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BabelRAG: multilingual two-stage RAG.")
 llm_app = typer.Typer(no_args_is_help=True, help="Run vLLM's OpenAI-compatible server for the configured model.")
@@ -42,8 +43,28 @@ RerankerOpt = Annotated[
 LangFilterOpt = Annotated[str | None, typer.Option("--lang", help="Only chunks in this language (ISO 639-1).")]
 
 
+# --log-format / --log-level, given before the command; they override the logging section.
+_LOGGING: dict[str, str | None] = {}
+
+
+@app.callback()
+def _global_options(
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text | json: how log lines look (default logging.format).")
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", help="debug | info | warning | error (default logging.level); info logs each "
+                     "HTTP request and each stage of an answer."),
+    ] = None,
+) -> None:  # fmt: skip
+    _LOGGING.update(format=log_format, level=log_level)
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    return load_settings(config, **overrides)
+    settings = load_settings(config, logging=_LOGGING, **overrides)
+    configure_logging(settings.logging)
+    return settings
 
 
 def _options(**fields: Any):
@@ -461,7 +482,48 @@ def serve(
             err.print(f"warning: serving on {s.host} without a token; set BABELRAG_SERVER_TOKEN to make it private")
         root = f"http://{shown}:{s.port}"
         out.print(f"BabelRAG web UI: {root}/{private}  REST API: {root}/docs  OpenAI: {root}/v1  MCP: {root}/mcp")
-        uvicorn.run(app_, host=s.host, port=s.port, log_level="warning")
+        # uvicorn's own lines go through the root logger too (log_config=None), so that a JSON log holds
+        # only JSON; the app logs each request itself, with its request id (ui/observability.py)
+        uvicorn.run(
+            app_, host=s.host, port=s.port, log_level=settings.logging.level, log_config=None, access_log=False
+        )
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON lines on stdout.")] = False,
+    chroma_url: ChromaUrlOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check this setup: config, packages, models (loadable, prompts), the store (mode, lock, version,
+    the collection's model) and the LLM server (health, model, context length). Prints each
+    problem with its fix; exit status 1 when something is wrong."""
+    import json
+
+    from rag.doctor import diagnose
+
+    try:
+        configure_logging(load_settings(config, logging=_LOGGING).logging)
+    except ConfigError:
+        configure_logging(LoggingConfig())  # the config finding says what is wrong
+    failed = warned = 0
+    for finding in diagnose(config, store={"url": chroma_url}):
+        failed += finding.status == "fail"
+        warned += finding.status == "warn"
+        if as_json:
+            print(json.dumps(finding.to_dict(), ensure_ascii=False), flush=True)
+            continue
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}[finding.status]
+        out.print(f"[{style}]{finding.status.upper():<5}[/] {finding.check:<11} ", end="")
+        out.print(finding.detail, markup=False, soft_wrap=True)
+        if finding.fix:
+            out.print(f"{'':<18}fix: ", end="")
+            out.print(finding.fix, markup=False, soft_wrap=True)
+    if not as_json:
+        verdict = "[bold red]not ready[/]" if failed else "[green]ready[/]"
+        out.print(f"\n{failed} problem(s), {warned} warning(s): {verdict}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @llm_app.command("serve")

@@ -11,9 +11,11 @@ model id does.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -338,6 +340,16 @@ class ServerConfig(_Section):
         return self
 
 
+class LoggingConfig(_Section):
+    """What the process logs and how: `babelrag --log-format json --log-level info ...` or these."""
+
+    # text: one line per record for a terminal; json: one JSON object per line for a log shipper
+    # (Loki, Elasticsearch, CloudWatch), with the request id of the question it belongs to.
+    format: Literal["text", "json"] = "text"
+    # info adds a line per HTTP request and per stage of each answer (language, embed, retrieve, ...)
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+
+
 # vLLM engine settings, each a flag of `vllm serve` (--dtype, --max-model-len, ...); None leaves
 # vLLM's own default. A profile may set them; the same field at the top of the vllm section wins.
 VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -416,6 +428,7 @@ class Settings(BaseSettings):
     chat: ChatConfig = ChatConfig()
     vllm: VLLMConfig = VLLMConfig()
     server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def validate_collection_name(name: str) -> str:
@@ -491,6 +504,27 @@ def _merged(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
     for key, value in upper.items():
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """BABELRAG_* variables of ``environ`` (the process's) that name no setting but nearly name
+    one, with that one's variable: a typo is ignored silently (see _KnownFieldsEnvSource), and
+    `babelrag doctor` points it out. Far-off names are other tools' (BABELRAG_CACHE)."""
+    known = {
+        f"{section}_{name}".upper()
+        for section, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        for name in field.annotation.model_fields
+    }
+    found = []
+    for variable in sorted(os.environ if environ is None else environ):
+        name = variable.upper().removeprefix("BABELRAG_")
+        if variable.upper().startswith("BABELRAG_") and name not in known:
+            # compared without the shared prefix, which would make every pair look alike
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.88)
+            if close:
+                found.append((variable, f"BABELRAG_{close[0]}"))
+    return found
 
 
 class _KnownFieldsEnvSource(EnvSettingsSource):

@@ -11,6 +11,7 @@ import numpy as np
 
 from rag.config import EmbeddingConfig
 from rag.errors import ModelNotFoundError
+from rag.logs import transformers_through_root
 from rag.models import missing_model, resolve_model
 
 
@@ -80,6 +81,7 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
+        transformers_through_root()
         device = resolve_device(self.config.device)
         self.backend = resolve_backend(self.config.backend, device)
         self.dtype = resolve_dtype(self.config.dtype, device)

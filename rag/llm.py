@@ -424,8 +424,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 def _local_counter(model: str) -> TokenCount:
     from transformers import AutoTokenizer
 
+    from rag.logs import transformers_through_root
     from rag.models import resolve_model
 
     path = resolve_model(model, role="LLM", setting="BABELRAG_LLM_MODEL")
+    transformers_through_root()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))

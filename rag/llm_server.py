@@ -201,6 +201,7 @@ class ServerInfo:
     healthy: bool
     models: list[str]
     max_model_len: dict[str, int]  # context length per served model, for servers that report it (vLLM)
+    version: str | None = None  # the server's version, for servers that report it (vLLM's GET /version)
 
 
 def server_info(base_url: str, *, timeout_s: float = 5.0) -> ServerInfo:
@@ -228,7 +229,14 @@ def server_info(base_url: str, *, timeout_s: float = 5.0) -> ServerInfo:
             max_model_len = {str(m["id"]): m["max_model_len"] for m in data if isinstance(m.get("max_model_len"), int)}
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return ServerInfo(base_url=base_url, healthy=False, models=[], max_model_len={})
-    return ServerInfo(base_url=base_url, healthy=health in (200, 404), models=models, max_model_len=max_model_len)
+        try:
+            served = client.get(f"{root}/version")
+            version = str(served.json()["version"]) if served.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            version = None
+    return ServerInfo(
+        base_url=base_url, healthy=health in (200, 404), models=models, max_model_len=max_model_len, version=version
+    )
 
 
 def stop(settings: Settings) -> bool:

@@ -29,6 +29,7 @@ from rag.evidence import Evidence, locate_evidence
 from rag.generator import Generator, OpenAIGenerator
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
 from rag.llm import LLMClient, TokenCount
+from rag.metrics import Metrics
 from rag.options import QueryFields, QueryOptions, ResolvedQuery
 from rag.remote import ingest_through_server
 from rag.reranker import CrossEncoderReranker, LLMListwiseReranker, NoReranker, Reranker
@@ -76,6 +77,8 @@ class Pipeline:
         )
         self._rerankers: dict[str, Reranker] = {}
         self._count: TokenCount | None = None
+        # what every answer, search and ingestion job of this pipeline adds up to (/metrics)
+        self.metrics = Metrics(models={"embedding_model": s.embedding.model, "llm_model": s.llm.model})
 
     def close(self) -> None:
         """Let go of the store, so another process may open an embedded store (the next call
@@ -135,7 +138,7 @@ class Pipeline:
         if lease_wait_s is not None:
             config = config.model_copy(update={"lease_wait_s": lease_wait_s})
         try:
-            return ingest_files(
+            report = ingest_files(
                 paths,
                 collection,
                 embedder=self.embedder,
@@ -150,8 +153,31 @@ class Pipeline:
                 settings=self.settings,
                 roots=roots,
             )
+        except Exception:
+            self.metrics.observe_ingest("error")
+            raise
         finally:  # even a failed job may have written: derived indexes must look again
             self._refresh(collection)
+        self._observe(report)
+        return report
+
+    def _observe(self, report: IngestReport) -> None:
+        files = {
+            "added": len(report.added), "updated": len(report.updated), "unchanged": len(report.unchanged),
+            "removed": len(report.removed), "failed": len(report.failed),
+        }  # fmt: skip
+        self.metrics.observe_ingest(
+            "ok" if report.ok else "with_failures", files=files, chunks_written=report.chunks_written,
+            seconds=report.seconds,
+        )  # fmt: skip
+        rate = report.chunks_written / report.seconds if report.seconds else 0.0
+        log.info(
+            "ingested %s into %r: %d chunks in %.1f s (%.1f chunks/s), %d files failed",
+            ", ".join(f"{n} {kind}" for kind, n in files.items() if n) or "nothing", report.collection,
+            report.chunks_written, report.seconds, rate, len(report.failed),
+            extra={"collection": report.collection, "files": files, "chunks_written": report.chunks_written,
+                   "seconds": round(report.seconds, 3), "chunks_per_s": round(rate, 2)},
+        )  # fmt: skip
 
     def _refresh(self, collection: str) -> None:
         """Bring this process's derived indexes (keyword index, centroids) up to date at once."""
@@ -234,6 +260,7 @@ class Pipeline:
             checks["llm"] = Readiness(ok, detail, time.perf_counter() - t0)
         except BabelRAGError as e:
             checks["llm"] = Readiness(False, str(e), time.perf_counter() - t0)
+        self.metrics.observe_health(checks)
         return checks
 
     def documents(self, collection: str | None = None) -> list[ManifestEntry]:
@@ -302,6 +329,7 @@ class Pipeline:
         queries = [_check_question(text) for text in queries]
         self.store.require(q.collection)  # an unknown collection fails before any model loads
         rerank = self.reranker(q.reranker)
+        search = trace is None  # a search of its own, not an answer's: its stages are observed here
         trace = trace or Trace()
         with trace.stage("retrieve"):
             if languages is None:
@@ -310,7 +338,10 @@ class Pipeline:
                 queries, q.collection, top_k=q.candidates, where=q.where, languages=list(languages)
             )
         with trace.stage("rerank"):
-            return [rerank.rerank(text, hits)[: q.top_k] for text, hits in zip(queries, batches, strict=True)]
+            ranked = [rerank.rerank(text, hits)[: q.top_k] for text, hits in zip(queries, batches, strict=True)]
+        if search:
+            self.metrics.observe_stages(trace.timings)
+        return ranked
 
     # -- generation ----------------------------------------------------------------------
 
@@ -450,7 +481,9 @@ class Pipeline:
             question=question, standalone_question=standalone, question_language=question_language,
             target_language=target, hits=hits, fitted=fitted, model=self.settings.llm.model, trace=trace,
         )  # fmt: skip
-        return AnswerStream(plan, generator=self.generator, llm=self.llm, language=self.language, config=g)
+        return AnswerStream(
+            plan, generator=self.generator, llm=self.llm, language=self.language, config=g, metrics=self.metrics
+        )
 
     def _token_count(self) -> TokenCount:
         if self._count is None:

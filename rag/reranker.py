@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from rag.config import RerankerConfig
 from rag.llm import LLMClient, Message
+from rag.logs import transformers_through_root
 from rag.models import missing_model, resolve_model
 from rag.types import Hit
 
@@ -49,6 +50,7 @@ class CrossEncoderReranker:
         from sentence_transformers import CrossEncoder
 
         transformers.utils.logging.disable_progress_bar()
+        transformers_through_root()
 
         name = resolve_model(self.config.model, role="reranker", setting="BABELRAG_RERANKER_MODEL")
         try:

@@ -18,6 +18,7 @@ from rag.config import RetrievalConfig
 from rag.embedder import Embedder
 from rag.keyword import KeywordIndexes
 from rag.store import VectorStore, Where
+from rag.trace import substage
 from rag.types import Chunk, Hit
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class QueryEmbeddings:
                     found[q] = self._cache[q]
         missing = list(dict.fromkeys(q for q in queries if q not in found))
         if missing:
-            vectors = self.embedder.embed_queries(missing)
+            with substage("embed"):
+                vectors = self.embedder.embed_queries(missing)
             found.update(zip(missing, vectors, strict=True))
             with self._lock:
                 for q, v in zip(missing, vectors, strict=True):

@@ -166,3 +166,19 @@ def store_chunks(store, collection: str, chunks, vectors) -> None:
                               language=own[0].language)  # fmt: skip
         documents.append((entry, own, vectors[rows]))
     write_documents(store, collection, documents)
+
+
+def scrape(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A Prometheus text exposition as {(sample name, its labels): value}, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The value of sample ``name`` with exactly ``labels`` in ``scrape``'s result (0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

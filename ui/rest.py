@@ -204,7 +204,8 @@ class IngestJobs:
             self._jobs[job["id"]] = job
             while len(self._jobs) > self.KEEP:
                 self._jobs.popitem(last=False)
-        # the job runs as the request that submitted it (rag.access): its token's collections hold
+        # the job runs as the request that submitted it (rag.access): its token's collections hold, and
+        # its log lines carry the request's id
         self._runner.submit(contextvars.copy_context().run, self._run, job, work)
         return dict(job)
 

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import rag
 from rag import Pipeline, Settings, load_settings
 from rag.integrations.mcp import mount_mcp
-from ui import openai_api, rest
+from ui import observability, openai_api, rest
 from ui.auth import AccessMiddleware, Tokens, token_of
 from ui.errors import error_response
 from ui.web import CSS, JS, WebUI
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         access_of=lambda r: tokens.access_of(token_of(r)) if r is not None else None,
         required=tokens.required,
     )
+    observability.install(app, pipeline, authorize)  # GET /metrics (reads), X-Request-ID, access log, request metrics
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)

@@ -12,6 +12,7 @@ from starlette.routing import Mount, Route
 
 from rag import Pipeline, load_settings
 from tests.conftest import free_port
+from tests.helpers import sample, scrape
 from ui.server import LoginGate, create_app
 
 pytestmark = pytest.mark.integration
@@ -162,6 +163,19 @@ def test_readiness_details_only_with_a_token(client):
     assert open_["checks"]["llm"] == {"ok": False}  # no detail without a token
     shown = client.get("/readyz", headers={"Authorization": f"Bearer {READ}"}).json()
     assert "cannot reach the LLM server" in shown["checks"]["llm"]["detail"]
+
+
+def test_metrics_are_read_scoped_and_count_requests_by_route_template(client):
+    assert client.get("/metrics").status_code == 401
+    client.get("/v1/collections/nope-kb/documents", headers={"Authorization": f"Bearer {READ}"})
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {READ}"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=")
+    got = scrape(r.text)
+    by_template = {"method": "GET", "route": "/v1/collections/{name}/documents", "status": "404"}
+    assert sample(got, "babelrag_http_requests_total", **by_template) >= 1  # the template, not /v1/.../nope-kb/...
+    assert sample(got, "babelrag_http_requests_total", method="GET", route="/metrics", status="401") >= 1
+    assert sample(got, "babelrag_up", component="store") == 1 and sample(got, "babelrag_up", component="llm") == 0
+    assert sample(got, "process_resident_memory_bytes") > 0
 
 
 def test_a_read_token_without_a_token_is_a_config_error():

@@ -19,7 +19,8 @@ from rag.llm import LLMClient
 from rag.language import language_identifier
 from rag.languages import not_found_message
 from tests.conftest import free_port
-from tests.helpers import FakeLLM, hit
+from rag.metrics import Metrics
+from tests.helpers import FakeLLM, hit, sample, scrape
 
 LID = language_identifier()
 HITS = [hit("Mitarbeitende haben 30 Urlaubstage.", index=0), hit("有給休暇は年間26日です。", source="/kb/ja.md")]
@@ -32,13 +33,16 @@ def llm(url: str, **kw) -> LLMClient:
     return LLMClient(LLMConfig(base_url=url, model="m", retry_backoff_s=0.01, **kw))
 
 
-def stream(url: str, hits=HITS, target: str | None = "de", *, client: LLMClient | None = None, **gen) -> AnswerStream:
+def stream(
+    url: str, hits=HITS, target: str | None = "de", *, client: LLMClient | None = None, metrics: Metrics | None = None,
+    **gen,
+) -> AnswerStream:  # fmt: skip
     client = client or llm(url)
     fitted = fit_sources(hits, 10_000, estimate_tokens) if hits else None
     plan = AnswerPlan(question="Wie viele Urlaubstage habe ich?", standalone_question=None, question_language=target,
                       target_language=target, hits=list(hits), fitted=fitted, model="m")  # fmt: skip
     return AnswerStream(plan, generator=OpenAIGenerator(client), llm=client, language=LID,
-                        config=GenerationConfig(**gen))  # fmt: skip
+                        config=GenerationConfig(**gen), metrics=metrics)  # fmt: skip
 
 
 # -- the language guard -----------------------------------------------------------------------
@@ -381,3 +385,35 @@ def test_two_letters_are_no_answer():
     with FakeLLM("Ja", "Ja") as fake:  # not an answer: asked again, then not found
         answer = stream(fake.url, target="es").answer()
     assert not answer.found and answer.text == not_found_message("es") and len(fake.requests) == 2
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_metrics_count_what_each_answer_did():
+    metrics = Metrics()
+    with FakeLLM(DE) as fake:
+        first = stream(fake.url, metrics=metrics).answer()  # German, first try
+    with FakeLLM(EN, EN, DE) as fake:
+        stream(fake.url, metrics=metrics).answer()  # English twice: asked again, then translated
+    with FakeLLM("NOT_FOUND") as fake:
+        stream(fake.url, target="th", metrics=metrics).answer()  # Thai "not found"
+    with FakeLLM({"text": DE, "delay_s": 0.05}) as fake:
+        s = stream(fake.url, metrics=metrics)
+        next(iter(s))
+        s.cancel()
+        s.answer()
+    got = scrape(metrics.render()[0].decode())
+    assert sample(got, "babelrag_answers_total", outcome="answered", language="de") == 2
+    assert sample(got, "babelrag_answers_total", outcome="not_found", language="th") == 1
+    assert sample(got, "babelrag_answers_total", outcome="cancelled", language="de") == 1
+    assert sample(got, "babelrag_answer_language_retries_total", language="de") == 1
+    assert sample(got, "babelrag_answer_translations_total", language="de") == 1
+    assert sample(got, "babelrag_llm_calls_total") == 1 + 3 + 1 + 1
+    assert sample(got, "babelrag_llm_tokens_total", kind="completion") >= first.usage.completion_tokens > 0
+    assert sample(got, "babelrag_stage_duration_seconds_count", stage="generate") == 4
+    assert sample(got, "babelrag_stage_duration_seconds_count", stage="translate") == 1
+    assert sample(got, "babelrag_stage_duration_seconds_sum", stage="first_token") >= first.timings["first_token"]
+    assert sample(got, "babelrag_answer_duration_seconds_count") == 4
+    assert not any(name == "babelrag_stage_duration_seconds_count" and ("stage", "total") in labels
+                   for name, labels in got)  # "total" is the answer's duration, not a stage  # fmt: skip

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-# rag modules that use both packages: the facade (Pipeline), its hand-off client, the CLI, and
+# rag modules that use both packages: the facade (Pipeline), its hand-off client, the CLI and doctor, and
 # what rag/__init__ re-exports from ingestion (IngestReport, FileIssue, JobProgress, Loader).
-FACADE = {"rag", "rag.pipeline", "rag.remote", "rag.cli"}
+FACADE = {"rag", "rag.pipeline", "rag.remote", "rag.cli", "rag.doctor"}
 # What a front end may import from rag: the public package, the schema of what it passes in, and
 # rag.access (how a server says whom a request acts for).
 PUBLIC = {"rag", "rag.config", "rag.errors", "rag.options", "rag.languages", "rag.access"}

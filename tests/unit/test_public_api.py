@@ -9,6 +9,7 @@ def test_public_api_is_curated():
         "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",
         "ManifestEntry", "ModelNotFoundError", "Pipeline", "QueryError", "Settings", "StoreError", "load_settings",
         "LeaseHeldError", "LeaseLostError", "StoreLockedError", "QueryOptions", "Readiness", "Trace",
+        "Metrics", "request_scope",
     }  # fmt: skip
     for name in rag.__all__:
         assert getattr(rag, name) is not None
