@@ -21,6 +21,7 @@ from rag.errors import (
     QueryError,
     StoreError,
     StoreLockedError,
+    StoreUnavailableError,
 )
 from rag.evidence import Evidence
 from rag.options import QueryOptions
@@ -63,6 +64,7 @@ __all__ = [
     "Settings",
     "StoreError",
     "StoreLockedError",
+    "StoreUnavailableError",
     "Trace",
     "Usage",
     "load_settings",
