@@ -60,6 +60,7 @@ def test_a_chroma_server_restarted_twice_during_a_job_loses_and_doubles_nothing(
     leaves in another collection of the same server: chunks and ids, manifest, state record."""
     need_env("BABELRAG_EMBEDDING_MODEL")
     chroma = ChromaProcess(tmp_path / "chroma").start()
+    restarts: list[threading.Thread] = []
     try:
         texts = {f"{i:02d}-{name}": f"{text} ({i})" for i in range(4) for name, text in TEXTS.items()}
         kb = write_kb(tmp_path / "kb", texts)
@@ -67,8 +68,6 @@ def test_a_chroma_server_restarted_twice_during_a_job_loses_and_doubles_nothing(
         assert pipeline.ingest([kb], "reference").ok
         reference = snapshot(pipeline.store, "reference")
         assert_consistent(reference)
-
-        restarts: list[threading.Thread] = []
 
         def restart(after_s: float) -> None:
             time.sleep(after_s)
@@ -88,8 +87,6 @@ def test_a_chroma_server_restarted_twice_during_a_job_loses_and_doubles_nothing(
 
         with caplog.at_level(logging.WARNING, logger="ingestion.job"):
             report = pipeline.ingest([kb], "restarted", progress=progress)
-        for thread in restarts:
-            thread.join(timeout=60)
         waits = [r for r in caplog.records if "the store does not answer" in r.getMessage()]
         assert len(restarts) == 2 and len(waits) >= 2, "the job did not meet both outages"
         assert report.ok and len(report.added) == 32, report.failed
@@ -107,6 +104,8 @@ def test_a_chroma_server_restarted_twice_during_a_job_loses_and_doubles_nothing(
         assert state.documents == len(got["manifest"]) == 32
         assert state.sums.counts == Counter(meta.get("language") for _, meta in got["chunks"].values())
     finally:
+        for thread in restarts:  # a restart still under way would start the server after the kill below
+            thread.join(timeout=60)
         chroma.kill()
 
 
