@@ -25,6 +25,11 @@ see one consistent state. ``CollectionWriter`` does this bookkeeping for the job
 One job writes a collection at a time: it holds the collection's lease (``VectorStore.lease``)
 and checks it before every write, so a job that stalled past its lease stops.
 
+A store that stops answering while the job runs (a Chroma server restarted: StoreUnavailableError)
+does not end it: each store call is tried again for up to ``ingestion.store_retry_s``. That is safe
+because every call the job makes is idempotent, even one the server applied before its answer was
+lost: upserts of deterministic ids, deletes by id, reads, and bookkeeping computed before the call.
+
 Loading and chunking run in a background thread, ahead of embedding; chunks from several
 files are embedded and upserted together in batches of ``ingestion.upsert_batch``.
 """
@@ -41,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -50,12 +55,15 @@ from ingestion.loader import DEFAULT_LOADERS, Loader, discover, load
 from rag.centroids import VectorSums
 from rag.config import IngestionConfig, Settings
 from rag.embedder import Embedder
-from rag.errors import IngestionError
+from rag.errors import IngestionError, StoreUnavailableError
 from rag.locks import Lease
 from rag.store import CollectionState, Fingerprint, ManifestEntry, VectorStore
 from rag.types import Chunk, Document
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +164,16 @@ def ingest_files(
             "pass other paths or add the extension to ingestion.extensions"
         )
     fingerprint: Fingerprint = index_fingerprint(embedder, chunker)
-    with store.lease(collection, job=job, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s) as lease:
-        report.reindexed = store.ensure_collection(collection, fingerprint=fingerprint, reindex=reindex) and reindex
-        manifest = store.manifest(collection)
-        target = CollectionWriter(store, collection, lease=lease, manifest=manifest)
+    patience = config.store_retry_s
+    lease = retry_unavailable(
+        patience, store.lease, collection, job=job, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s
+    )
+    with lease:
+        reindexed = retry_unavailable(patience, store.ensure_collection, collection, fingerprint=fingerprint,
+                                      reindex=reindex)  # fmt: skip
+        report.reindexed = reindexed and reindex
+        manifest = retry_unavailable(patience, store.manifest, collection)
+        target = CollectionWriter(store, collection, lease=lease, manifest=manifest, retry_s=patience)
         writer = _Writer(target, embedder, config.upsert_batch, manifest, report, progress, len(files))
         if (engine or config.engine) == "ray":
             from ingestion.ray_engine import prepared_on_ray
@@ -187,20 +201,26 @@ class CollectionWriter:
 
     ``manifest`` is the whole manifest if the caller has read it (the job has); otherwise
     entries are read when needed. A collection written before states existed is given one first
-    (``_migrate``).
+    (``_migrate``). ``retry_s``: how long each store call is tried again while the store is
+    unavailable (``retry_unavailable``); 0 fails at once.
     """
 
     def __init__(
         self, store: VectorStore, collection: str, *, lease: Lease | None = None,
-        manifest: dict[str, ManifestEntry] | None = None,
+        manifest: dict[str, ManifestEntry] | None = None, retry_s: float = 0,
     ) -> None:  # fmt: skip
         self.store = store
         self.collection = collection
         self.lease = lease
+        self.retry_s = retry_s
         self.entries: dict[str, ManifestEntry] = dict(manifest or {})
         self._complete = manifest is not None  # a source not in it has no live entry
-        state = store.state(collection)
-        self.state: CollectionState = state if state is not None else self._migrate()
+        state = self.call(store.state, collection)
+        self.state: CollectionState = state if state is not None else self.call(self._migrate)
+
+    def call(self, method: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``method(*args, **kwargs)``, a call to the store, tried again while it is unavailable."""
+        return retry_unavailable(self.retry_s, method, *args, **kwargs)
 
     def _check(self) -> None:
         if self.lease is not None:
@@ -208,7 +228,7 @@ class CollectionWriter:
 
     def _entry(self, source: str) -> ManifestEntry | None:
         if source not in self.entries and not self._complete:
-            self.entries.update(self.store.entries(self.collection, [source]))
+            self.entries.update(self.call(self.store.entries, self.collection, [source]))
         entry = self.entries.get(source)
         return entry if entry is not None and entry.status != "deleted" else None
 
@@ -222,29 +242,30 @@ class CollectionWriter:
         new = [e for e in entries if self._entry(e.source) is None]
         state = self.state.advanced(documents=len(new))
         # a new file counts nothing yet: record that, so a crash before (4) leaves nothing to undo
-        self.store.put_manifest(self.collection, marked, sums={e.source: VectorSums() for e in new}, state=state)
+        self.call(self.store.put_manifest, self.collection, marked, sums={e.source: VectorSums() for e in new},
+                  state=state)  # fmt: skip
         self.state = state
         self.entries.update({e.source: e for e in marked})
 
     def write(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         """(2): chunks of files marked "writing"."""
         self._check()
-        self.store.upsert(self.collection, chunks, vectors)
+        self.call(self.store.upsert, self.collection, chunks, vectors)
 
     def finish(self, done: Sequence[tuple[ManifestEntry, VectorSums]], stale: Sequence[str]) -> None:
         """(3) and (4): delete ``stale`` chunks, then mark the files done with the sums of their chunks."""
         if not done:
             return
         self._check()
-        self.store.delete(self.collection, stale)
-        counted = self.store.sums(self.collection, [e.source for e, _ in done])
+        self.call(self.store.delete, self.collection, stale)
+        counted = self.call(self.store.sums, self.collection, [e.source for e, _ in done])
         removed, added = VectorSums(), VectorSums()
         for entry, sums in done:
             removed += counted.get(entry.source, VectorSums())
             added += sums
         state = self.state.advanced(add=added, remove=removed)
         entries = [replace(e, status="done", seq=state.version) for e, _ in done]
-        self.store.put_manifest(self.collection, entries, sums={e.source: v for e, v in done}, state=state)
+        self.call(self.store.put_manifest, self.collection, entries, sums={e.source: v for e, v in done}, state=state)
         self.state = state
         self.entries.update({e.source: e for e in entries})
 
@@ -256,10 +277,10 @@ class CollectionWriter:
         self._check()
         deleted = 0
         for source in sources:
-            ids = self.store.chunk_ids_of_source(self.collection, source)
-            self.store.delete(self.collection, ids)
+            ids = self.call(self.store.chunk_ids_of_source, self.collection, source)
+            self.call(self.store.delete, self.collection, ids)
             deleted += len(ids)
-        counted = self.store.sums(self.collection, sources)
+        counted = self.call(self.store.sums, self.collection, sources)
         removed = VectorSums()
         for source in sources:
             removed += counted.get(source, VectorSums())
@@ -268,7 +289,7 @@ class CollectionWriter:
         gone = [
             replace(self.entries[s], status="deleted", chunk_ids=(), seq=state.version, updated_at=now) for s in sources
         ]
-        self.store.put_manifest(self.collection, gone, sums={s: VectorSums() for s in sources}, state=state)
+        self.call(self.store.put_manifest, self.collection, gone, sums={s: VectorSums() for s in sources}, state=state)
         self.state = state
         self.entries.update({e.source: e for e in gone})
         return deleted
@@ -329,6 +350,29 @@ def write_documents(
         done.append((entry, VectorSums.of([c.language for c in chunks], np.asarray(vectors))))
     writer.write([c for _, chunks, _ in documents for c in chunks], np.concatenate([v for _, _, v in documents]))
     writer.finish(done, stale)
+
+
+def retry_unavailable(patience_s: float, method: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``method(*args, **kwargs)``, tried again while it raises StoreUnavailableError (a Chroma server
+    restarting), waiting 0.2 s, 0.4 s, ... up to 5 s between tries, for ``patience_s`` in all. Only for
+    idempotent calls: one the server applied before its answer was lost runs again."""
+    deadline = time.monotonic() + patience_s
+    wait = 0.2
+    while True:
+        try:
+            return method(*args, **kwargs)
+        except StoreUnavailableError as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if patience_s <= 0:
+                    raise
+                raise StoreUnavailableError(
+                    f"{e}. The ingestion job waited {patience_s:g} s for it (ingestion.store_retry_s) and stopped; "
+                    "re-run it once the store answers: what it wrote is kept, and the rest is written then"
+                ) from e
+            log.warning("the store does not answer; trying again in %.1f s: %s", min(wait, left), e)
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, 5.0)
 
 
 # -- stage 1: load and chunk, in a background thread -------------------------------------
@@ -459,7 +503,9 @@ class _Writer:
             source = item.document.source
             self.report.warnings.extend(FileIssue(source, w) for w in item.warnings)
             # A source without a manifest entry has no chunks: they are written after the entry.
-            stored = self.store.chunk_ids_of_source(self.collection, source) if source in self.manifest else set()
+            stored = set()
+            if source in self.manifest:
+                stored = self.target.call(self.store.chunk_ids_of_source, self.collection, source)
             new = [c for c in item.chunks if c.id not in stored]
             if item.embeddings is not None:
                 rows = zip(item.chunks, item.embeddings, strict=True)
@@ -467,7 +513,7 @@ class _Writer:
             kept = [c.id for c in item.chunks if c.id in stored]
             sums = VectorSums()
             if kept:  # their vectors count for the file's sums too
-                _, languages, vectors = self.store.vectors(self.collection, kept)
+                _, languages, vectors = self.target.call(self.store.vectors, self.collection, kept)
                 sums.add(languages, vectors)
             state = _Open(item, stored, len(new), sums)
             self.open.append(state)

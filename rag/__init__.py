@@ -22,6 +22,7 @@ from rag.errors import (
     QueryError,
     StoreError,
     StoreLockedError,
+    StoreUnavailableError,
 )
 from rag.evidence import Evidence
 from rag.logs import request_scope
@@ -68,6 +69,7 @@ __all__ = [
     "Settings",
     "StoreError",
     "StoreLockedError",
+    "StoreUnavailableError",
     "Trace",
     "Usage",
     "load_settings",

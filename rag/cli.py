@@ -290,14 +290,26 @@ def chat(
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
 
 
+CUT_OFF = "[answer cut off: the rest did not arrive]"
+
+
 def _print_answer(stream):
-    """Stream the answer's text, then its languages, the sources, tokens and timings."""
-    for event in stream.events():
-        if event.kind == "reset":
-            out.print(f"\n[dim]({event.text})[/]")
-        else:
-            out.print(event.text, end="", soft_wrap=True)
-        out.file.flush()
+    """Stream the answer's text, then its languages, the sources, tokens and timings. An answer that
+    breaks off ends with a line saying so on stdout, so the text above it is not taken for the whole;
+    the error itself goes to stderr (main)."""
+    printed = False
+    try:
+        for event in stream.events():
+            if event.kind == "reset":
+                out.print(f"\n[dim]({event.text})[/]")
+            else:
+                out.print(event.text, end="", soft_wrap=True, markup=False)
+                printed = printed or bool(event.text)
+            out.file.flush()
+    except BabelRAGError:
+        if printed:
+            out.print(f" …\n{CUT_OFF}", markup=False)
+        raise
     answer = stream.answer()
     out.print()
     if answer.standalone_question:

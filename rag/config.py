@@ -130,6 +130,10 @@ class IngestionConfig(_Section):
     # dies loses it after lease_ttl_s; a second job waits lease_wait_s for it, then says who has it.
     lease_ttl_s: float = Field(60, ge=1)
     lease_wait_s: float = Field(0, ge=0)
+    # A Chroma server that stops answering while a job runs (restarted, a moment's network loss): each
+    # store call of the job is tried again, waiting 0.2 s, 0.4 s, ... up to 5 s, for this long in all
+    # before the job fails. Queries do not wait: they answer at once that the store is unavailable.
+    store_retry_s: float = Field(120, ge=0)
     report_dir: Path = Path(".babelrag/reports")  # one JSON report per job
     # Where files are loaded, chunked and embedded: "local", in this process; "ray", on a Ray cluster
     # (pip install 'babelrag[ray]'; README, "Ingestion on a Ray cluster"). Writes stay in this process.

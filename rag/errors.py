@@ -9,6 +9,7 @@
     ├── StoreError             the vector store refused or cannot be reached
     │   ├── CollectionNotFoundError
     │   ├── IndexMismatchError a collection was built with other embedding/chunking settings
+    │   ├── StoreUnavailableError  the Chroma server does not answer (down, restarting): try again
     │   ├── StoreLockedError   the embedded store is open in another process
     │   ├── LeaseHeldError     another ingestion job writes the collection
     │   └── LeaseLostError     this job's lease was taken over (it stalled past the lease's time)
@@ -59,6 +60,11 @@ class CollectionNotFoundError(StoreError):
 
 class IndexMismatchError(StoreError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The Chroma server cannot be reached (stopped, restarting, network down). Nothing was refused:
+    the same call may work once it is back, which is why an ingestion job retries it."""
 
 
 class StoreLockedError(StoreError):

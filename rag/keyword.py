@@ -26,6 +26,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rag.disk import disk_problem
 from rag.errors import StoreError
 
 if TYPE_CHECKING:
@@ -551,10 +552,17 @@ class KeywordIndexes:
     def refresh(self, collection: str) -> KeywordIndex:
         """Bring the index up to date with the store now."""
         folder = self.folder(collection)
-        folder.mkdir(parents=True, exist_ok=True)
-        with _file_lock(folder / ".lock"):
-            version = self.store.version(collection)
-            index = self._catch_up(collection, folder, version)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with _file_lock(folder / ".lock"):
+                version = self.store.version(collection)
+                index = self._catch_up(collection, folder, version)
+        except (OSError, ValueError) as e:  # tantivy reports a write it could not make as a ValueError
+            problem = disk_problem(folder) or str(e)
+            raise StoreError(
+                f"cannot write the keyword index of {collection!r} in {folder}: {problem}. Free space or point "
+                "store.index_dir at a writable folder: the index is rebuilt from the store"
+            ) from e
         with self._lock:
             self._open[collection] = index
             self._applied[collection] = version

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.config import LEASE_SUFFIX
+from rag.disk import os_problem
 from rag.errors import LeaseHeldError, LeaseLostError, StoreError, StoreLockedError
 
 if TYPE_CHECKING:
@@ -52,8 +53,11 @@ class StoreLock:
         with cls._registry:
             held = cls._held.get(path)
             if held is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as e:
+                    raise StoreError(_unwritable_message(store_path, path, e)) from e
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -61,8 +65,13 @@ class StoreLock:
                     raise StoreLockedError(
                         _locked_message(store_path, holder := read_lock(store_path)), holder
                     ) from None
-                held = cls._held[path] = cls(path, fd)
-                held._write()
+                held = cls(path, fd)
+                try:
+                    held._write()
+                except OSError as e:  # a full disk: let go of the lock rather than hold it unnamed
+                    os.close(fd)
+                    raise StoreError(_unwritable_message(store_path, path, e)) from e
+                cls._held[path] = held
             held.users += 1
             return held
 
@@ -109,6 +118,14 @@ def _holder_text(holder: Mapping[str, Any]) -> str:
     if holder.get("serve_url"):
         what += f", serving {holder['serve_url']}"
     return what
+
+
+def _unwritable_message(store_path: Path, lock: Path, error: OSError) -> str:
+    return (
+        f"cannot lock the embedded store {store_path}: writing {lock} fails, {os_problem(error, lock.parent)}. "
+        "Embedded Chroma writes its folder even to read: free space, or point store.path (BABELRAG_STORE_PATH) "
+        "at a writable folder"
+    )
 
 
 def _locked_message(store_path: Path, holder: Mapping[str, Any]) -> str:
@@ -230,10 +247,17 @@ class Lease:
             return
         import chromadb.errors
 
-        with contextlib.suppress(chromadb.errors.ChromaError):
+        try:
             current = self.store.client.get_collection(self._lease_name, embedding_function=None)
             if current.id == self._id:
                 self.store.client.delete_collection(self._lease_name)
+        except chromadb.errors.ChromaError:
+            pass  # gone already (taken over, or the collection was deleted with it)
+        except Exception as e:  # noqa: BLE001 - release runs while another error may unwind: it must not replace it
+            log.warning(
+                "cannot release the ingestion lease of %r (%s); it expires by itself within %.0f s",
+                self.name, e, self.ttl_s,
+            )  # fmt: skip
         self._id = None
 
     def __enter__(self) -> Lease:

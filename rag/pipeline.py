@@ -24,7 +24,7 @@ from rag.budget import below_thresholds, context_budget, fit_sources
 from rag.chat import ChatMessage, accept_rewrite, bound_history, rewrite_messages
 from rag.config import RerankerKind, Settings, load_settings
 from rag.embedder import Embedder, SentenceTransformerEmbedder
-from rag.errors import BabelRAGError, ConfigError, QueryError, StoreError, StoreLockedError
+from rag.errors import BabelRAGError, CollectionNotFoundError, ConfigError, QueryError, StoreError, StoreLockedError
 from rag.evidence import Evidence, locate_evidence
 from rag.generator import Generator, OpenAIGenerator
 from rag.language import LanguageIdentifier, dominant_language, language_identifier
@@ -183,8 +183,10 @@ class Pipeline:
         """Bring this process's derived indexes (keyword index, centroids) up to date at once."""
         try:
             self.retriever.refresh(collection)
-        except StoreError as e:  # e.g. a job that failed before creating the collection
+        except CollectionNotFoundError as e:  # a job that failed before creating the collection
             log.info("derived indexes of %r not refreshed: %s", collection, e)
+        except StoreError as e:  # the next query tries again (and says what is wrong, if it still is)
+            log.warning("derived indexes of %r not refreshed: %s", collection, e)
 
     def _collection(self, name: str | None, *, write: bool = False) -> str:
         """``name``, or the configured collection; a name Chroma would refuse is a QueryError, one

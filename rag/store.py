@@ -26,20 +26,30 @@ the Chroma server the holder runs (``babelrag serve --chroma``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlparse
 
 import numpy as np
 
 from rag.centroids import VectorSums
 from rag.config import MANIFEST_SUFFIX, RESERVED_SUFFIXES, StoreConfig, validate_collection_name
-from rag.errors import CollectionNotFoundError, IndexMismatchError, StoreError, StoreLockedError
+from rag.disk import disk_problem
+from rag.errors import (
+    BabelRAGError,
+    CollectionNotFoundError,
+    IndexMismatchError,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
 from rag.locks import Lease, StoreLock
 from rag.types import Chunk, Hit
 
@@ -202,6 +212,22 @@ class VectorStore(Protocol):
 
 # -- the store ---------------------------------------------------------------------------
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """``method`` of ChromaStore with Chroma's failures that have an outside cause named (``_faults``)."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, ChromaStore)
+        with store._faults():
+            return method(*args, **kwargs)
+
+    return call
+
 
 class ChromaStore:
     """Chroma behind the VectorStore protocol. Connects on first use."""
@@ -279,12 +305,54 @@ class ChromaStore:
             raise
         except Exception as e:
             where = self.location  # before close(), which forgets a server the holder announced
+            served = self._url is not None
+            fault = self._fault(e)
             self.close()
-            raise StoreError(
-                f"cannot open {where}: {e}. Start the server (`chroma run --path DIR --port PORT`) "
-                "or unset store.url / BABELRAG_STORE_URL to use the embedded store"
-            ) from e
+            if fault is not None and not isinstance(fault, StoreUnavailableError):
+                raise fault from e  # a disk that cannot be written says so itself
+            fix = (
+                "Start the server (`chroma run --path DIR --port PORT`) or unset store.url / BABELRAG_STORE_URL to "
+                "use the embedded store"
+                if served
+                else "Check that the folder holds a Chroma store of this Chroma version, or point store.path elsewhere"
+            )
+            raise (StoreError if fault is None else StoreUnavailableError)(f"cannot open {where}: {e}. {fix}") from e
         self._client = client
+
+    @contextlib.contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Chroma's failures whose cause lies outside it, raised as StoreErrors that name the cause:
+        a server that does not answer (StoreUnavailableError: the call may work once it is back), a
+        disk that is full or read-only. Other failures pass unchanged."""
+        try:
+            yield
+        except BabelRAGError:
+            raise
+        except Exception as e:
+            fault = self._fault(e)
+            if fault is None:
+                raise
+            raise fault from e
+
+    def _fault(self, e: Exception) -> StoreError | None:
+        import httpx
+
+        if isinstance(e, httpx.TransportError):  # refused, reset, or cut off mid-answer: the server went away
+            return StoreUnavailableError(
+                f"the Chroma server at {self._url} does not answer ({type(e).__name__}: {e}); start it again "
+                "(`chroma run --path DIR --port PORT`) or check the network, then send this request again"
+            )
+        import chromadb.errors
+
+        if self._url is None and isinstance(e, chromadb.errors.InternalError | OSError):
+            problem = disk_problem(self.config.path)
+            if problem is not None:
+                return StoreError(
+                    f"cannot write the embedded store at {self.config.path}: {problem} (Chroma said: {e}). Free "
+                    "space or make the folder writable (or move store.path), then try again; an ingestion job "
+                    "keeps what it wrote, and its re-run writes the rest"
+                )
+        return None
 
     def close(self) -> None:
         """Let go of the store (and of the embedded store's lock, for other processes): Chroma's
@@ -339,12 +407,15 @@ class ChromaStore:
             self._handles.pop(name + MANIFEST_SUFFIX if manifest else name, None)
             return getattr(get(name, fresh=True), op)(*args, **kwargs)
 
+    @_guarded
     def require(self, name: str) -> None:
         self._collection(name)
 
+    @_guarded
     def collections(self) -> list[CollectionInfo]:
         return [self._info(c) for c in self.client.list_collections() if not c.name.endswith(RESERVED_SUFFIXES)]
 
+    @_guarded
     def info(self, name: str) -> CollectionInfo:
         return self._info(self._collection(name, fresh=True))
 
@@ -367,6 +438,7 @@ class ChromaStore:
     def _count_live_entries(self, name: str) -> int:
         return len(self.manifest(name))
 
+    @_guarded
     def ensure_collection(self, name: str, *, fingerprint: Fingerprint, reindex: bool = False) -> bool:
         import chromadb.errors
 
@@ -404,6 +476,7 @@ class ChromaStore:
         )
         return True
 
+    @_guarded
     def delete_collection(self, name: str) -> None:
         self._drop(name)
 
@@ -417,6 +490,7 @@ class ChromaStore:
             except (chromadb.errors.NotFoundError, ValueError):
                 pass
 
+    @_guarded
     def lease(self, name: str, *, job: str, ttl_s: float, wait_s: float = 0) -> Lease:
         validate_collection_name(name)
         return Lease(self, name, job=job, ttl_s=ttl_s).acquire(wait_s)
@@ -459,9 +533,11 @@ class ChromaStore:
                 return
             offset += len(page["ids"])
 
+    @_guarded
     def manifest(self, name: str) -> dict[str, ManifestEntry]:
         return {e.source: e for e in self._entries(name, _ENTRIES) if e.status != "deleted"}
 
+    @_guarded
     def entries(self, name: str, sources: Sequence[str]) -> dict[str, ManifestEntry]:
         found: dict[str, ManifestEntry] = {}
         for page in self._pages([_source_id(s) for s in sources]):
@@ -471,9 +547,11 @@ class ChromaStore:
                 found[entry.source] = entry
         return found
 
+    @_guarded
     def changes(self, name: str, since: int) -> list[ManifestEntry]:
         return list(self._entries(name, {"seq": {"$gt": int(since)}}))
 
+    @_guarded
     def sums(self, name: str, sources: Sequence[str]) -> dict[str, VectorSums]:
         found: dict[str, VectorSums] = {}
         for page in self._pages([_sums_id(s) for s in sources]):
@@ -482,6 +560,7 @@ class ChromaStore:
                 found[str(meta["source"])] = VectorSums.from_json(json.loads(doc))
         return found
 
+    @_guarded
     def state(self, name: str) -> CollectionState | None:
         got = self._call(name, "get", manifest=True, ids=[STATE_ID], include=["documents"])
         if not got["ids"]:
@@ -494,6 +573,7 @@ class ChromaStore:
             collection_id=str(self._collection(name).id),
         )
 
+    @_guarded
     def put_manifest(
         self, name: str, entries: Sequence[ManifestEntry], *, sums: Mapping[str, VectorSums] | None = None,
         state: CollectionState | None = None,
@@ -516,6 +596,7 @@ class ChromaStore:
         for i in range(0, len(items), size):
             yield items[i : i + size]
 
+    @_guarded
     def upsert(self, name: str, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
         if len(chunks) != len(embeddings):
             raise StoreError(f"upsert needs one embedding per chunk, got {len(embeddings)} for {len(chunks)}")
@@ -528,12 +609,14 @@ class ChromaStore:
                 documents=[c.text for c in page], metadatas=[_metadata(c) for c in page],
             )  # fmt: skip
 
+    @_guarded
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for page in self._pages(list(ids)):
             found.update(self._call(name, "get", ids=list(page), include=[])["ids"])
         return found
 
+    @_guarded
     def chunk_ids_of_source(self, name: str, source: str) -> set[str]:
         found: set[str] = set()
         size, offset = self.page_size, 0
@@ -544,13 +627,16 @@ class ChromaStore:
                 return found
             offset += len(page)
 
+    @_guarded
     def delete(self, name: str, ids: Iterable[str]) -> None:
         for page in self._pages(list(ids)):
             self._call(name, "delete", ids=list(page))
 
+    @_guarded
     def query(self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None) -> list[list[Hit]]:
         return [hits for hits, _ in self._query(name, embeddings, top_k=top_k, where=where, vectors=False)]
 
+    @_guarded
     def query_with_vectors(
         self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None
     ) -> list[tuple[list[Hit], np.ndarray]]:
@@ -586,6 +672,7 @@ class ChromaStore:
             out.append((hits, found))
         return out
 
+    @_guarded
     def vectors(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[str | None], np.ndarray]:
         found: list[str] = []
         languages: list[str | None] = []
@@ -600,7 +687,8 @@ class ChromaStore:
     def scan_vectors(self, name: str) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
         size, offset = self.page_size, 0
         while True:
-            got = self._call(name, "get", include=["embeddings", "metadatas"], limit=size, offset=offset)
+            with self._faults():
+                got = self._call(name, "get", include=["embeddings", "metadatas"], limit=size, offset=offset)
             if got["ids"]:
                 metas = [m or {} for m in got["metadatas"]]
                 yield (
@@ -612,6 +700,7 @@ class ChromaStore:
                 return
             offset += len(got["ids"])
 
+    @_guarded
     def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
         by_id: dict[str, Chunk] = {}
         for page in self._pages(list(ids)):
@@ -620,6 +709,7 @@ class ChromaStore:
                 by_id[id_] = _chunk(id_, text or "", meta or {})
         return [by_id[i] for i in ids if i in by_id]
 
+    @_guarded
     def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:
         found: set[str] = set()
         try:
@@ -629,6 +719,7 @@ class ChromaStore:
             raise StoreError(f"filter {dict(where)!r} on collection {name!r} failed: {e}") from e
         return found
 
+    @_guarded
     def version(self, name: str) -> str:
         got = self._call(name, "get", manifest=True, ids=[STATE_ID], include=["metadatas"])
         if got["ids"]:

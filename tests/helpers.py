@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Self
 
 from rag.types import Chunk, Hit
 
@@ -145,6 +150,44 @@ class FakeLLM:
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.closed_early += 1
+
+
+class FakeLLMProcess:
+    """FakeLLM in a process of its own (same arguments), so that a test can SIGKILL it mid-answer
+    the way an LLM server dies: the connection breaks with no finish reason, and nothing answers after."""
+
+    def __init__(self, *replies, piece: int = 4) -> None:
+        self.spec = json.dumps({"replies": replies, "piece": piece})
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def __enter__(self) -> Self:
+        code = "import sys; from tests.helpers import FakeLLMProcess; FakeLLMProcess.serve(sys.argv[1])"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, self.spec], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        assert self.url.startswith("http://"), f"the scripted LLM server did not start: {self.url!r}"
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, in the middle of whatever it was writing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+    @staticmethod
+    def serve(spec: str) -> None:
+        data = json.loads(spec)
+        with FakeLLM(*data["replies"], piece=data["piece"]) as llm:
+            print(llm.url, flush=True)
+            threading.Event().wait()
 
 
 def store_chunks(store, collection: str, chunks, vectors) -> None:

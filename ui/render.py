@@ -57,6 +57,15 @@ def streaming_answer(text: str, language: str | None) -> str:
     return _block(_markdown_text(text) + " ▍", text_direction(language), language, "babel-msg babel-answer")
 
 
+CUT_OFF = "Answer cut off: the rest did not arrive (see the message below)."
+
+
+def cut_off_answer(text: str, language: str | None) -> str:
+    """An answer whose stream broke off: the text that arrived, marked as incomplete."""
+    body = f"{_markdown_text(text)} …\n\n*{esc(CUT_OFF)}*"
+    return _block(body, text_direction(language), language, "babel-msg babel-answer babel-cut-off")
+
+
 def final_answer(answer: Answer, turn: int) -> str:
     """The finished answer; each ``[n]`` is a link that shows source n of this turn in the panel."""
     numbers = {c.number for c in answer.citations}

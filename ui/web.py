@@ -132,6 +132,7 @@ class WebUI:
         chatbot.append({"role": "user", "content": render.user_message(message)})
         yield chatbot, "", "Searching the knowledge base…", gr.skip(), "", session
         stream = None
+        text = ""
         try:
             options = QueryOptions.of(
                 collection=collection or None, top_k=int(top_k), reranker=reranker or None,
@@ -162,10 +163,13 @@ class WebUI:
                 log.exception("chat failed")
             if not turn.answer:  # the failed turn goes; its question goes back into the box, to send again
                 session.turns = [t for t in session.turns if t is not turn]
-                while chatbot and chatbot[-1]["role"] == "assistant":
-                    chatbot.pop()
-                if chatbot and chatbot[-1]["role"] == "user":
-                    chatbot.pop()
+                if text and stream is not None:  # what arrived stays in the chat, marked as cut off
+                    chatbot[-1] = {"role": "assistant", "content": render.cut_off_answer(text, stream.target_language)}
+                else:
+                    while chatbot and chatbot[-1]["role"] == "assistant":
+                        chatbot.pop()
+                    if chatbot and chatbot[-1]["role"] == "user":
+                        chatbot.pop()
             panel = session.sources_panel()  # without the failed turn's
             yield chatbot, message, "", panel, render.error_box(error), session
         finally:

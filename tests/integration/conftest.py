@@ -2,28 +2,57 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 import pytest
 
 from tests.conftest import free_port, wait_until_serving
 
 
+class ChromaProcess:
+    """A real `chroma run` server on its own folder and port; a test may kill it and start it again
+    (same folder, same port), as a crashed or restarted server behaves."""
+
+    def __init__(self, path: Path, port: int | None = None) -> None:
+        self.path = path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Self:
+        chroma = Path(sys.executable).parent / "chroma"
+        self.proc = subprocess.Popen(
+            [str(chroma), "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until_serving(f"{self.url}/api/v2/heartbeat", self.proc, ready=lambda r: r.status_code == 200,
+                               what="chroma run")  # fmt: skip
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: it dies at once, whatever it was doing."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory):
-    chroma = Path(sys.executable).parent / "chroma"
-    port = free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
-    proc = subprocess.Popen(
-        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = ChromaProcess(tmp_path_factory.mktemp("chroma-server")).start()
     try:
-        wait_until_serving(f"{url}/api/v2/heartbeat", proc, ready=lambda r: r.status_code == 200, what="chroma run")
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()

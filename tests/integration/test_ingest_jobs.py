@@ -1,20 +1,20 @@
 """Incremental ingestion jobs on real Chroma with the real embedding model: skip, replace,
-prune, reindex, and convergence after a crash at any write (and after SIGKILL)."""
+prune, reindex, and convergence after a crash at any write (and after SIGKILL at seeded random points)."""
 
 from __future__ import annotations
 
-import json
-import os
+import random
+import shutil
 import signal
-import subprocess
-import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from rag import Pipeline
 from rag.store import ChromaStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, need_env
+from tests.helpers_kill import MOMENTS, Zygote
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
@@ -211,58 +211,80 @@ def test_a_crash_before_any_write_converges_on_rerun(model_settings, embedder, l
         assert got == reference, f"crash before write {n}: the re-run did not converge"
 
 
-def test_sigkill_at_any_time_then_rerun_converges(tmp_path):
-    """The real CLI, killed with SIGKILL while it writes (after its k-th file), then re-run."""
-    texts = {f"{i:02d}-{name}": f"{text} ({i})" for i in range(6) for name, text in TEXTS.items()}
+KILL_SEED = 15  # issue #15
+KILL_POINTS = 24
+
+
+@pytest.mark.slow
+def test_sigkill_at_seeded_random_points_then_rerun_converges(tmp_path, figure):
+    """Over a v1 collection (17 files, 8 languages), the v2 job (5 files changed, 2 added, 2 removed,
+    with prune) is killed with SIGKILL at 24 points drawn with a fixed seed among its calls to the
+    store (every kind of call at least once; before, during or right after the call), then run again.
+    Each re-run must leave what an uninterrupted v2 job leaves: the same chunks and ids (none lost,
+    none doubled), the same manifest, a state record whose counts are the store's. Jobs run in forked
+    children of one process that loaded the models (tests/helpers_kill.py): ~2 s a job, not ~16 s."""
+    need_env("BABELRAG_EMBEDDING_MODEL")
+    texts = {f"{i}-{name}": f"{text} ({i})" for i in range(2) for name, text in TEXTS.items()}
+    texts["lang.txt"] = " ".join(f"Zug {n}: {TEXTS['de.txt']}" for n in range(30))  # several chunks, most kept in v2
     kb = write_kb(tmp_path / "kb", texts)
-    db = tmp_path / "db"
-    env = {**os.environ, "BABELRAG_STORE_PATH": str(db), "BABELRAG_INGESTION_UPSERT_BATCH": "8"}
-    config = ["--config", str(ROOT / "configs" / "cpu-small.yaml")]
+    with Zygote(ROOT / "configs" / "cpu-small.yaml", env={}) as jobs:
+        v1 = tmp_path / "v1"
+        first = jobs.run(v1, [kb], "jobs")
+        assert first["code"] == 0 and first["result"]["report"]["ok"], first
+        for name in ("0-de.txt", "0-ja.txt", "1-hi.md", "1-th.txt", "lang.txt"):
+            (kb / name).write_text((kb / name).read_text(encoding="utf-8") + " (v2)", encoding="utf-8")
+        (kb / "0-ru.txt").unlink()
+        (kb / "1-ar.txt").unlink()
+        (kb / "el.txt").write_text("Το τρένο για την Αθήνα φεύγει στις πέντε. Έχει δέκα βαγόνια.", encoding="utf-8")
+        (kb / "ko.txt").write_text("부산행 기차는 일곱 시에 출발합니다. 객차는 아홉 량입니다.", encoding="utf-8")
 
-    def ingest(name: str, kill_after_files: int | None = None) -> None:
-        args = [sys.executable, "-m", "rag.cli", "ingest", str(kb), "-c", name, *config]
-        args += ["--report", str(tmp_path / f"{name}.json")]
-        if kill_after_files is None:
-            subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=True)
-            return
-        proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        seen = 0
-        for line in proc.stderr:
-            seen += line.startswith("[")
-            if seen >= kill_after_files:
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+        done = jobs.run(copy_store(v1, tmp_path / "reference"), [kb], "jobs", snapshot=True)
+        assert done["code"] == 0 and done["result"]["report"]["ok"], done
+        reference, calls = done["result"]["snapshot"], done["result"]["calls"]
+        assert_consistent(as_snapshot(reference))
+        assert reference["state"]["documents"] == len(reference["manifest"]) == 17
+        assert reference["state"]["counts"] == reference["languages"]  # the state's counts are the store's
 
-    ingest("reference")
-    reference = snapshot_of(db, "reference")
-    assert_consistent(reference)
-    for k in (1, 20):
-        name = f"killed-{k}"
-        ingest(name, kill_after_files=k)
-        partial = snapshot_of(db, name)
-        assert len(partial["chunks"]) < len(reference["chunks"])
-        ingest(name)
-        report = json.loads((tmp_path / f"{name}.json").read_text())
-        assert report["ok"] and len(report["unchanged"]) >= k - 1
-        assert snapshot_of(db, name) == reference
-
-
-def snapshot_of(db: Path, name: str) -> dict:
-    """snapshot() in a fresh process: embedded Chroma caches state per process, and the job
-    ran in another one."""
-    code = (
-        "import json, sys; from rag.config import StoreConfig; from rag.store import ChromaStore; "
-        "from tests.integration.test_ingest_jobs import snapshot; "
-        "s = snapshot(ChromaStore(StoreConfig(path=sys.argv[1])), sys.argv[2]); "
-        "print(json.dumps({'chunks': s['chunks'], 'manifest': {k: [h, list(i), st] for k, (h, i, st) in s['manifest'].items()}}))"
+        points = kill_points(calls, KILL_POINTS, random.Random(KILL_SEED))
+        failed = []
+        for n, (call, moment, delay) in enumerate(points):
+            store = copy_store(v1, tmp_path / f"point-{n}")
+            killed = jobs.run(store, [kb], "jobs", kill=(call, moment, delay))
+            assert killed["status"] == "killed" and killed["signal"] == signal.SIGKILL, killed
+            rerun = jobs.run(store, [kb], "jobs", snapshot=True)
+            where = f"SIGKILL {moment} call {call} ({calls[call]})"
+            if rerun["code"] != 0 or not rerun["result"]["report"]["ok"]:
+                failed.append(f"{where}: the re-run failed")
+            elif rerun["result"]["snapshot"] != reference:
+                failed.append(f"{where}: the re-run did not converge")
+    phases = ", ".join(f"{name} {k}" for name, k in Counter(calls[c] for c, _, _ in points).most_common())
+    figure(
+        f"reliability: kill points {len(points)} tried (SIGKILL at seeded random store calls of an ingestion job, "
+        f"seed {KILL_SEED}: {phases}), {len(points) - len(failed)} converged"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(db), name], capture_output=True, text=True, check=True, cwd=ROOT)
-    raw = json.loads(out.stdout)
+    assert not failed, failed
+
+
+def kill_points(calls: list[str], k: int, rng: random.Random) -> list[tuple[int, str, float]]:
+    """``k`` distinct calls, every kind of call at least once, each with a moment and a delay (for "during")."""
+    by_name: dict[str, list[int]] = {}
+    for i, name in enumerate(calls):
+        by_name.setdefault(name, []).append(i)
+    chosen = {rng.choice(indexes) for indexes in by_name.values()}
+    chosen |= set(rng.sample([i for i in range(len(calls)) if i not in chosen], max(0, k - len(chosen))))
+    return [(i, rng.choice(MOMENTS), rng.uniform(0, 0.02)) for i in sorted(chosen)]
+
+
+def copy_store(store: Path, to: Path) -> Path:
+    shutil.copytree(store, to)
+    return to
+
+
+def as_snapshot(data: dict) -> dict:
+    """A snapshot made by tests/helpers_kill.py (JSON), in snapshot()'s form."""
     return {
-        "chunks": {i: (d, m) for i, (d, m) in raw["chunks"].items()},
-        "manifest": {k: (h, tuple(i), st) for k, (h, i, st) in raw["manifest"].items()},
+        "chunks": {i: (d, m) for i, (d, m) in data["chunks"].items()},
+        "manifest": {s: (h, tuple(ids), status) for s, (h, ids, status) in data["manifest"].items()},
     }
 
 

@@ -8,8 +8,8 @@ def test_public_api_is_curated():
         "CollectionNotFoundError", "ConfigError", "Document", "Evidence", "FileIssue", "GenerationError", "Hit",
         "IndexMismatchError", "IngestReport", "IngestionError", "JobProgress", "LoadedText", "Loader",
         "ManifestEntry", "ModelNotFoundError", "Pipeline", "QueryError", "Settings", "StoreError", "load_settings",
-        "LeaseHeldError", "LeaseLostError", "StoreLockedError", "QueryOptions", "Readiness", "Trace",
-        "Metrics", "request_scope",
+        "LeaseHeldError", "LeaseLostError", "StoreLockedError", "StoreUnavailableError", "QueryOptions", "Readiness",
+        "Trace", "Metrics", "request_scope",
     }  # fmt: skip
     for name in rag.__all__:
         assert getattr(rag, name) is not None

@@ -90,3 +90,10 @@ def test_safe_file_name_keeps_letters_of_any_script_and_drops_folders():
     assert safe_file_name("情報 セキュリティ.md") == "情報 セキュリティ.md"
     assert safe_file_name(".hidden\x00name.txt") == "hiddenname.txt"
     assert safe_file_name("..") == "upload"
+
+
+def test_an_answer_cut_off_keeps_its_text_escaped_and_says_it_is_incomplete():
+    html = render.cut_off_answer("يغادر القطار <b>في</b> العاشرة [1]", "ar")
+    assert "babel-cut-off" in html and "babel-done" not in html and 'dir="rtl"' in html and 'lang="ar"' in html
+    assert "&lt;b&gt;في&lt;/b&gt;" in html and "<b>" not in html
+    assert html.index("العاشرة [1] …") < html.index(render.esc(render.CUT_OFF))
