@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import threading
-import weakref
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
@@ -20,7 +19,6 @@ from typing import Protocol, runtime_checkable
 from rag.config import ChunkingConfig
 from rag.text import sentence_spans
 from rag.types import Chunk, Document
-
 
 class TokenSpans(Protocol):
     def __call__(self, text: str) -> list[tuple[int, int]]:
@@ -141,29 +139,19 @@ def chunk_id(chunk: Chunk) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-# One private copy of each embedding tokenizer per process, shared by every job's chunker: a
-# copy of a 250k-word tokenizer takes 2-6 s, which each upload to `babelrag serve` paid again.
-_PRIVATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (its copy, a lock)
-_PRIVATE_LOCK = threading.Lock()
-
-
 def tokenizer_spans(tokenizer) -> TokenSpans:
     """A TokenSpans backed by a Hugging Face fast tokenizer's offset mapping.
 
     It works on a private copy: the job chunks in a background thread while the embedder
     encodes with the same tokenizer, and a fast tokenizer's padding/truncation state is not
-    safe to share across threads ("Unable to create tensor" errors, seen here). The copy is made
-    on first use (a job of unchanged files never chunks) and kept for the process; two jobs
-    chunking at once take turns on it.
+    safe to share across threads ("Unable to create tensor" errors, seen here).
     """
+    own = []  # the copy, made on first use: it costs ~2 s, and a job of unchanged files never chunks
 
     def spans(text: str) -> list[tuple[int, int]]:
-        with _PRIVATE_LOCK:
-            if tokenizer not in _PRIVATE:
-                _PRIVATE[tokenizer] = (copy.deepcopy(tokenizer), threading.Lock())
-            own, lock = _PRIVATE[tokenizer]
-        with lock:
-            enc = own(text, add_special_tokens=False, return_offsets_mapping=True)
+        if not own:
+            own.append(copy.deepcopy(tokenizer))
+        enc = own[0](text, add_special_tokens=False, return_offsets_mapping=True)
         return [tuple(o) for o in enc["offset_mapping"]]
 
     return spans

@@ -3,8 +3,8 @@ import re
 import pytest
 
 from ingestion.chunker import SentenceChunker, chunk_id
-from rag.config import ChunkingConfig
 from rag.text import sentence_spans
+from rag.config import ChunkingConfig
 from rag.types import Document
 
 
@@ -159,27 +159,3 @@ def test_real_tokenizer_budget_on_eight_languages(embedder):
             assert d.text[c.start : c.end] == c.text
         langs.add(path.name[:2])
     assert len(langs) == 8
-
-
-def test_every_chunker_of_a_process_shares_one_private_copy_of_the_tokenizer():
-    """A copy of the embedding model's tokenizer costs seconds: each job (each upload to a
-    running server) paid it again."""
-    from ingestion.chunker import tokenizer_spans
-
-    class Tokenizer:
-        copies = 0
-
-        def __deepcopy__(self, memo):
-            Tokenizer.copies += 1
-            return Tokenizer()
-
-        def __call__(self, text, **_):
-            return {"offset_mapping": [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]}
-
-    shared = Tokenizer()
-    first, second = tokenizer_spans(shared), tokenizer_spans(shared)
-    assert first("Пароль не короче 14 символов") == [(0, 6), (7, 9), (10, 16), (17, 19), (20, 28)]
-    assert second("密码 至少 14 个字符") == [(0, 2), (3, 5), (6, 8), (9, 12)]
-    assert Tokenizer.copies == 1
-    tokenizer_spans(Tokenizer())("another model's tokenizer")
-    assert Tokenizer.copies == 2
