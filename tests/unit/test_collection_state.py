@@ -246,6 +246,7 @@ def test_a_writer_whose_lease_was_lost_stops_writing(store):
 # -- the embedded store's process lock ----------------------------------------------------
 
 
+@pytest.mark.integration  # a second process
 def test_a_second_process_is_refused_the_embedded_store_with_the_holder_named(store):
     store.lock.announce(serve_url="http://127.0.0.1:7860")
     code = (
@@ -268,6 +269,7 @@ def test_a_second_process_is_refused_the_embedded_store_with_the_holder_named(st
     assert again.returncode == 0 and again.stdout == "", again.stderr
 
 
+@pytest.mark.integration  # a second process
 def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(store):
     write_documents(store, "kb1", [document("/kb/a.md", "de", 3, 1)])
     store.query("kb1", np.ones((1, DIM), np.float32), top_k=3)  # this process's HNSW is loaded
@@ -288,6 +290,7 @@ def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(stor
     assert store.state("kb1").documents == 1 and set(store.manifest("kb1")) == {"/kb/b.md"}
 
 
+@pytest.mark.integration  # a second process
 def test_the_lock_of_a_killed_process_is_free(tmp_path):
     path = tmp_path / "chroma"
     code = (
@@ -329,6 +332,7 @@ def test_a_big_collection_new_to_this_machine_is_indexed_without_making_queries_
     assert len(KeywordIndexes(store, tmp_path / "fresh-machine").get("kb1", version)) == 32
 
 
+@pytest.mark.integration  # a second process
 def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
     from tests.conftest import free_port
 

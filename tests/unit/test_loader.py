@@ -419,6 +419,7 @@ print(discover([sys.argv[3]], [".txt"]))
 """
 
 
+@pytest.mark.integration  # a process that drops root
 def test_unreadable_file_and_folder_are_reported_with_a_fix():
     # Root reads anything, so the check runs as nobody (uid 65534), in a folder nobody may enter:
     # under /tmp with mode 755, as pytest's tmp_path is private to its owner.
