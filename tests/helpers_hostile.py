@@ -8,12 +8,14 @@ import io
 import zipfile
 from pathlib import Path
 
-# (what it tries, the name as sent). Names that cannot be local file names (a "/" or a NUL in
-# them) only travel in a multipart body; LOCAL_NAMES are the others, for the web UI's handler.
+# (what it tries, the name as sent). A name that escaped would land in a "canary" folder beside
+# the upload folder (tests run as root: never aim at /etc). Names that cannot be local file names
+# (a "/" or a NUL, "..", over 255 bytes) only travel in a multipart body; LOCAL_NAMES are the
+# others, for the web UI's handler (Gradio hands it files under their names).
 HOSTILE_NAMES: list[tuple[str, str]] = [
-    ("parent folders", "../../../../etc/cron.d/ru_kantine.txt"),
-    ("absolute path", "/etc/passwd.md"),
-    ("windows parent folders", "..\\..\\Windows\\win.ini.txt"),
+    ("parent folders", "../../canary/ru_kantine.txt"),
+    ("absolute path", "/babelrag-canary/passwd.md"),
+    ("windows parent folders", "..\\..\\canary\\win.ini.txt"),
     ("windows drive", "C:\\Users\\admin\\de_bericht.txt"),
     ("control characters", "bell\x07\x1b[2J\x1b[31mrot\r\n.txt"),
     ("NUL byte", "nul\x00byte.txt"),
@@ -35,7 +37,11 @@ HOSTILE_NAMES: list[tuple[str, str]] = [
     ("duplicate, decomposed accents", "cafe\u0301.txt"),
     ("duplicate, composed accents", "caf\u00e9.txt"),
 ]
-LOCAL_NAMES = [(what, name) for what, name in HOSTILE_NAMES if "/" not in name and "\x00" not in name]
+LOCAL_NAMES = [
+    (what, name)
+    for what, name in HOSTILE_NAMES
+    if "/" not in name and "\x00" not in name and name not in (".", "..") and len(name.encode()) <= 255
+]
 
 # One sentence per language, for good files and for the content behind hostile names.
 SENTENCES = {
@@ -48,6 +54,7 @@ SENTENCES = {
     "zh": "B栋后面的自行车地下室早上七点开门。",
     "ja": "B棟の裏にある自転車置き場は朝七時に開きます。",
 }
+LANGUAGES = list(SENTENCES)
 
 
 def numbered(language: str, n: int) -> str:
