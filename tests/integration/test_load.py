@@ -251,7 +251,11 @@ def test_over_the_limit_every_answering_route_says_429_at_once_and_recovers(embe
 
 async def over_the_limit(url: str, llm: FakeLLM, figure) -> None:
     ask = {"question": QUESTIONS["th"], "collection": "limits", "language": "de"}
-    chat = {"model": "limits", "messages": [{"role": "user", "content": QUESTIONS["ar"]}], "extra_body": {"language": "de"}}
+    chat = {
+        "model": "limits",
+        "messages": [{"role": "user", "content": QUESTIONS["ar"]}],
+        "extra_body": {"language": "de"},
+    }
     async with http_session(url) as mcp, httpx.AsyncClient(base_url=url, timeout=60) as http:
         holders = [asyncio.create_task(http.post("/v1/ask", json=ask)) for _ in range(2)]
         while len(llm.requests) < 2:  # both answers are being written: every slot is taken
