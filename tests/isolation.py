@@ -60,6 +60,7 @@ class _Guard:
         self.test: str | None = None  # the unit test running, None when no guard is on
         self.violations: list[str] = []
         self.model_dirs: tuple[str, ...] = ()
+        self.own_ports: set[int] = set()
         self._lock = threading.Lock()
 
     def audit(self, event: str, args: tuple) -> None:
@@ -72,8 +73,10 @@ class _Guard:
             if not _loopback(host):
                 verb = "binds a socket to" if event == "socket.bind" else "connects to"
                 self._refuse("network", f"{verb} {host}:{port}, off the loopback")
-            elif event == "socket.connect" and _foreign_listener(port):
-                self._refuse("network", f"connects to {host}:{port}, a server another process runs")
+            elif event == "socket.connect" and port not in self.own_ports:
+                if _foreign_listener(port):
+                    self._refuse("network", f"connects to {host}:{port}, a server another process runs")
+                self.own_ports.add(port)  # ours, or nobody's: /proc is read once per port and test
         elif event == "socket.getaddrinfo" and args[0] not in _LOCAL_HOSTS:
             self._refuse("network", f"looks up the host {args[0]!r}")
         elif event in _SPAWN:
@@ -99,7 +102,7 @@ class _Guard:
     def watching(self, test: str) -> Iterator[None]:
         self.model_dirs = _model_dirs()
         saved = {name: os.environ.pop(name) for name in MODEL_VARIABLES if name in os.environ}
-        self.test, self.violations = test, []
+        self.test, self.violations, self.own_ports = test, [], set()
         try:
             yield
         finally:
