@@ -55,6 +55,8 @@ SENTENCES = {
     "ja": "B棟の裏にある自転車置き場は朝七時に開きます。",
 }
 LANGUAGES = list(SENTENCES)
+# What the scripted LLM answers every question about the bicycle cellar with (in German).
+ANSWER = "Der Fahrradkeller öffnet um sieben Uhr morgens [1]."
 
 
 def numbered(language: str, n: int) -> str:

@@ -23,6 +23,7 @@ from tests.integration.test_cli import BABELRAG
 class Served:
     url: str
     pid: int
+    root: Path  # its store, uploads (root/uploads/<collection>) and reports
 
     def memory_mb(self, field: str = "VmRSS") -> float:
         """``field`` of /proc/PID/status (VmRSS now, VmHWM the peak so far), in MB."""
@@ -31,8 +32,19 @@ class Served:
                 return int(line.split()[1]) / 1024
         raise KeyError(field)
 
-    def open_files(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    def open_files(self) -> tuple[int, int]:
+        """(files, pipes and other descriptors; sockets): sockets come and go with the requests in flight."""
+        files = sockets = 0
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:"):
+                sockets += 1
+            else:
+                files += 1
+        return files, sockets
 
 
 @contextmanager
@@ -62,7 +74,7 @@ def babelrag_serve(tmp_path: Path, llm_url: str, **env: str) -> Iterator[Served]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(f"{url}/healthz", proc, ready=lambda r: r.status_code == 200, what="babelrag serve")
-        yield Served(url, proc.pid)
+        yield Served(url, proc.pid, tmp_path)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -2,8 +2,8 @@
 and open files watched, and server.max_concurrent_requests answering 429 on every answering
 route (REST, the OpenAI endpoint, MCP) instead of queueing or hanging.
 
-`babelrag serve` runs as its own process with the real embedding model and an embedded Chroma;
-the LLM is tests/helpers.py's scripted server (FakeLLM), so the load is the server's own work
+`babelrag serve` runs as its own process with the real embedding model and an embedded Chroma
+(the ``served`` fixture); the LLM is tests/helpers.py's scripted server (FakeLLM), so the load is the server's own work
 (embedding questions, retrieval, prompts, streaming, writing the files the jobs ingest) and
 every answer is known. Latencies are what a client sees; 2 shared CPU cores serve all of it."""
 
@@ -22,8 +22,8 @@ import pytest
 from rag import Pipeline, load_settings
 from tests.conftest import ROOT
 from tests.helpers import FakeLLM
-from tests.helpers_hostile import LANGUAGES, SENTENCES, numbered
-from tests.helpers_serve import Served, babelrag_serve, multipart, wait_for_job
+from tests.helpers_hostile import ANSWER, LANGUAGES, SENTENCES, numbered
+from tests.helpers_serve import Served, multipart, wait_for_job
 from tests.helpers_web import AppServer
 from tests.integration.test_hostile import good_files
 from tests.integration.test_mcp import http_session
@@ -31,7 +31,6 @@ from ui.server import create_app
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
-ANSWER = "Der Fahrradkeller öffnet um sieben Uhr morgens [1]."
 QUESTIONS = {  # asked in eight languages, answered in German (QueryOptions.language): the script's language
     "en": "When does the bicycle cellar open?",
     "de": "Wann öffnet der Fahrradkeller?",
@@ -43,20 +42,19 @@ QUESTIONS = {  # asked in eight languages, answered in German (QueryOptions.lang
     "ja": "自転車置き場は何時に開きますか？",
 }
 CLIENTS = 20
-LOAD_S = 30
+LOAD_S = 20
 SOAK_S = 180
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("load")
-    with FakeLLM(ANSWER) as llm, babelrag_serve(tmp, llm.url) as server:
-        with httpx.Client(base_url=server.url, timeout=120) as api:
-            assert api.post("/v1/collections", json={"name": "load"}).status_code == 201
-            body, content_type = multipart(good_files(tmp / "good", "kb"))
-            job = api.post("/v1/collections/load/documents", content=body, headers={"Content-Type": content_type})
-            assert wait_for_job(api, job.json())["status"] == "done"
-        yield server
+def kb(served, tmp_path_factory) -> Served:
+    """The ``served`` app with collection "load": a good file per language and format."""
+    with httpx.Client(base_url=served.url, timeout=120) as api:
+        assert api.post("/v1/collections", json={"name": "load"}).status_code == 201
+        body, content_type = multipart(good_files(tmp_path_factory.mktemp("load-files"), "kb"))
+        job = api.post("/v1/collections/load/documents", content=body, headers={"Content-Type": content_type})
+        assert wait_for_job(api, job.json())["status"] == "done"
+    return served
 
 
 class Outcomes:
@@ -146,17 +144,17 @@ class Uploads(threading.Thread):
                             self.problems.append(gone.text[:300])
 
 
-def test_twenty_questions_at_once_while_ingestion_jobs_run(served, figure):
-    with httpx.Client(base_url=served.url) as api:
+def test_twenty_questions_at_once_while_ingestion_jobs_run(kb, figure):
+    with httpx.Client(base_url=kb.url) as api:
         before = len(api.get("/v1/collections/load/documents").json())
-    uploads = Uploads(served, "under-load")
+    uploads = Uploads(kb, "under-load")
     uploads.start()
     try:
-        outcomes = clients(served.url, CLIENTS, LOAD_S, ask_or_search)
+        outcomes = clients(kb.url, CLIENTS, LOAD_S, ask_or_search)
     finally:
         uploads.stop.set()
         uploads.join()
-    with httpx.Client(base_url=served.url) as api:
+    with httpx.Client(base_url=kb.url) as api:
         after = len(api.get("/v1/collections/load/documents").json())
     p50, p95 = outcomes.percentile_ms(0.50), outcomes.percentile_ms(0.95)
     figure(
@@ -172,21 +170,21 @@ def test_twenty_questions_at_once_while_ingestion_jobs_run(served, figure):
 
 
 @pytest.mark.slow
-def test_a_soak_keeps_memory_and_open_files_flat(served, figure):
-    samples: list[tuple[float, float, int]] = []  # (seconds, RSS MB, open files)
+def test_a_soak_keeps_memory_and_open_files_flat(kb, figure):
+    samples: list[tuple[float, float, int, int]] = []  # (seconds, RSS MB, open files, sockets)
     stop = threading.Event()
 
     def sample() -> None:
         started = time.monotonic()
         while not stop.wait(5):
-            samples.append((time.monotonic() - started, served.memory_mb(), served.open_files()))
+            samples.append((time.monotonic() - started, kb.memory_mb(), *kb.open_files()))
 
     sampler = threading.Thread(target=sample)
-    uploads = Uploads(served, "soak", delete=True)
+    uploads = Uploads(kb, "soak", delete=True)
     sampler.start()
     uploads.start()
     try:
-        outcomes = clients(served.url, 8, SOAK_S, soak_request)
+        outcomes = clients(kb.url, 8, SOAK_S, soak_request)
     finally:
         uploads.stop.set()
         stop.set()
@@ -194,16 +192,20 @@ def test_a_soak_keeps_memory_and_open_files_flat(served, figure):
         sampler.join()
     warm = [s for s in samples if 45 <= s[0] < 75]  # after the first jobs and answers have grown every cache
     end = [s for s in samples if s[0] >= SOAK_S - 30]
-    rss_warm, rss_end = statistics.median(s[1] for s in warm), statistics.median(s[1] for s in end)
-    files_warm, files_end = max(s[2] for s in warm), max(s[2] for s in end)
+
+    def median(window, column: int) -> float:
+        return statistics.median(s[column] for s in window)
+
+    rss_warm, rss_end = median(warm, 1), median(end, 1)
+    files_warm, files_end = median(warm, 2), median(end, 2)
     figure(
         f"reliability: soak {SOAK_S} s, {len(outcomes.latencies):,} requests and {uploads.jobs} upload/delete jobs, "
         f"errors {len(outcomes.errors)}, server RSS {rss_warm:.0f} -> {rss_end:.0f} MB ({rss_end - rss_warm:+.0f}), "
-        f"open files {files_warm} -> {files_end}"
+        f"open files {files_warm:.0f} -> {files_end:.0f} (sockets {median(warm, 3):.0f} -> {median(end, 3):.0f})"
     )
     assert outcomes.errors == [] and uploads.problems == [], (outcomes.errors[:5], uploads.problems[:5])
-    assert rss_end - rss_warm <= 100, samples  # measured: see the figure
-    assert files_end - files_warm <= 5, samples
+    assert rss_end - rss_warm <= 100, samples  # measured: +34 and +35 MB
+    assert files_end - files_warm <= 2, samples
 
 
 def soak_request(api: httpx.Client, n: int) -> str | None:
@@ -236,7 +238,7 @@ def test_over_the_limit_every_answering_route_says_429_at_once_and_recovers(embe
         generation={"tokenizer": "estimate"},
         server={"max_concurrent_requests": 2, "upload_dir": str(tmp_path / "uploads")},
     )
-    slow = {"text": ANSWER, "delay_s": 0.25}  # 13 pieces: an answer holds its slot for ~3 s
+    slow = {"text": ANSWER, "delay_s": 0.15}  # 13 pieces: an answer holds its slot for ~2 s
     with FakeLLM(slow) as llm:
         settings.llm = settings.llm.model_copy(update={"base_url": llm.url, "model": "m", "max_retries": 0})
         pipeline = Pipeline(settings, embedder=embedder, language=language)

@@ -101,6 +101,24 @@ def test_state_follows_writes_replacements_and_deletes(store):
     assert store.info("kb1").documents == 6
 
 
+def test_a_query_leaves_out_chunks_a_writer_deleted_while_it_ran(store, monkeypatch):
+    # Embedded Chroma searches its index, then reads the records: a delete in between leaves a
+    # hit without a record (seen under load: a 500 on /v1/ask while an upload replaced files).
+    write_documents(store, "kb1", [document("/kb/a.md", "de", 3, 1), document("/kb/b.md", "ja", 3, 2)])
+    real = store._call
+
+    def racing(name, op, *args, **kwargs):
+        result = real(name, op, *args, **kwargs)
+        if op == "query":
+            result["metadatas"][0][1] = result["documents"][0][1] = None
+        return result
+
+    monkeypatch.setattr(store, "_call", racing)
+    ((hits, vectors),) = store.query_with_vectors("kb1", np.ones((1, DIM), np.float32), top_k=6)
+    assert len(hits) == 5 and vectors.shape == (5, DIM)
+    assert len(store.query("kb1", np.ones((1, DIM), np.float32), top_k=6)[0]) == 5
+
+
 def test_centroids_come_from_all_chunks_not_a_sample(store):
     docs = [
         document(f"/kb/{lang}-{n}.txt", lang, 40, seed=10 * i + n) for i, lang in enumerate(LANGUAGES) for n in range(3)
@@ -346,4 +364,3 @@ def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.startswith(f"cannot open Chroma server {url}:"), out.stdout + out.stderr
-

@@ -192,8 +192,9 @@ def test_html_nested_deeper_than_the_parser_reads_is_refused_not_cut(tmp_path):
                 "max_html_depth=255", "flatten the page")  # fmt: skip
     document = load_document(write_deep_html(tmp_path / "deep250.html", 250), CONFIG)
     assert "Tief unten steht noch ein Satz." in document.text
-    refused(write_deep_html(tmp_path / "deep40.html", 40), "nest 42 levels deep", "max_html_depth=30", "raise the limit",
-            config=IngestionConfig(max_html_depth=30))  # fmt: skip
+    shallow = IngestionConfig(max_html_depth=30)
+    refused(write_deep_html(tmp_path / "deep40.html", 40), "nest 42 levels deep", "max_html_depth=30",
+            "raise the limit", config=shallow)  # fmt: skip
 
 
 # --- Markdown -------------------------------------------------------------------------------
