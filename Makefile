@@ -25,7 +25,7 @@ setup-llm:
 test:
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Unit tests only: no models, no servers.
+# Unit tests only: no models, no servers, no subprocesses (tests/isolation.py fails a test that needs one).
 test-fast:
 	$(PY) -m pytest -m "not model and not integration and not e2e and not slow" $(PYTEST_ARGS)
 

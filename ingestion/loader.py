@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -77,9 +78,9 @@ _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that did not decode, under err
 def decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[str, tuple[str, ...]]:
     """``data`` as text, and warnings about how it was decoded.
 
-    A UTF-16/32 byte order mark wins, then ``declared`` (an HTML meta charset), then UTF-8, then
-    UTF-8 with a few invalid bytes replaced, then charset-normalizer's guess. Binary data and
-    bytes that fit no encoding raise IngestionError.
+    A UTF-16/32 byte order mark wins, then UTF-16 recognised without one, then ``declared`` (an
+    HTML meta charset), then UTF-8, then UTF-8 with a few invalid bytes replaced, then
+    charset-normalizer's guess. Binary data and bytes that fit no encoding raise IngestionError.
     """
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -90,6 +91,9 @@ def decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[s
                     f"{path}: starts with a {encoding.upper()} byte order mark but is not valid {encoding.upper()} "
                     f"({e.reason} at byte {e.start}); re-save it as UTF-8"
                 ) from e
+    if b"\x00" in data and (utf16 := _utf16_without_bom(data)):
+        text, encoding = utf16
+        return text, (f"no byte order mark; decoded as {encoding.upper()} (detected)",)
     _refuse_binary(path, data)
     warnings: list[str] = []
     has_bom = data.startswith(codecs.BOM_UTF8)
@@ -119,6 +123,34 @@ def decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[s
             "convert it to UTF-8 (e.g. iconv -f ENCODING -t UTF-8)"
         )
     return str(best), (*warnings, f"not UTF-8; decoded as {best.encoding} (detected)")
+
+
+# Characters no text has: controls but whitespace and ESC, unassigned, private use, lone surrogates.
+_NOT_TEXT = frozenset(("Cc", "Cn", "Co", "Cs"))
+
+
+def _utf16_without_bom(data: bytes) -> tuple[str, str] | None:
+    """(text, codec) when ``data`` is UTF-16 without a byte order mark, else None.
+
+    Text in any script has ASCII characters (newlines, spaces, digits), whose high byte is NUL;
+    the side of the byte pairs most NULs are on gives the likely byte order first (a CJK
+    character such as 一, U+4E00, puts a NUL on the other side). The byte order that decodes to
+    text wins: read the wrong way round a newline is U+0A00, unassigned, and binary data decodes
+    to controls, unassigned or private code points, which no text has."""
+    if len(data) % 2:
+        return None
+    codecs_ = ("utf-16-le", "utf-16-be")
+    if data[0::2].count(0) > data[1::2].count(0):
+        codecs_ = codecs_[::-1]
+    for codec in codecs_:
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        sample = text[: _BINARY_SAMPLE // 2]
+        if not any(unicodedata.category(ch) in _NOT_TEXT and ch not in "\t\n\v\f\r\x1b" for ch in sample):
+            return text, codec
+    return None
 
 
 def _refuse_binary(path: Path, data: bytes) -> None:
@@ -210,6 +242,7 @@ class HTMLLoader:
         html, warnings = decode_text(path, data, declared=_meta_charset(data))
         # lxml refuses a str that declares an encoding; the bytes are decoded already.
         html = re.sub(r"^\s*<\?xml[^>]*\?>", "", html, count=1)
+        _check_depth(path, _parse_html(html), config)
         extracted = trafilatura.bare_extraction(
             html, include_comments=False, include_tables=True, include_formatting=True, with_metadata=True
         )
@@ -275,6 +308,34 @@ def _parse_html(html: str) -> Any:
         return None
 
 
+# libxml2 builds no element deeper than this (XML_PARSE_HUGE would lift it; trafilatura does not
+# set it): the text of deeper elements is dropped without an error.
+PARSER_DEPTH = 256
+
+
+def _check_depth(path: Path, root: Any, config: IngestionConfig) -> None:
+    """Refuse a page nested deeper than ingestion.max_html_depth: its deep text would be lost."""
+    if root is None:
+        return
+    depths = {root: 1}
+    deepest = 1
+    for element in root.iter():
+        parent = element.getparent()
+        if parent is not None:
+            depths[element] = depth = depths[parent] + 1
+            deepest = max(deepest, depth)
+    if deepest <= config.max_html_depth:
+        return
+    if deepest >= PARSER_DEPTH:
+        found, fix = f"at least {PARSER_DEPTH}", "the parser drops what lies deeper, so its text would be lost"
+    else:
+        found, fix = str(deepest), f"raise the limit (at most {PARSER_DEPTH - 1}), or"
+    raise IngestionError(
+        f"{path}: its elements nest {found} levels deep, over ingestion.max_html_depth={config.max_html_depth}; "
+        f"{fix}; flatten the page (save it again from a browser) or remove it"
+    )
+
+
 def _title_element(html: str) -> str | None:
     root = _parse_html(html)
     title = root.findtext(".//title") if root is not None else None
@@ -326,6 +387,7 @@ class PDFLoader:
                 "raise the limit or split the file"
             )
         texts, warnings, errors = [], [], []
+        characters = 0
         for number in range(1, count + 1):
             try:
                 texts.append(reader.pages[number - 1].extract_text().strip())
@@ -333,6 +395,9 @@ class PDFLoader:
                 texts.append("")
                 errors.append(e)
                 warnings.append(f"page {number}: text not extractable ({type(e).__name__}: {e})")
+            characters += len(texts[-1])
+            if characters > config.max_characters:  # stop reading: the rest would be refused anyway
+                raise _too_much_text(path, f"over {characters:,}", config, f" in its first {number} of {count} pages")
         if len(errors) == count:
             raise _unreadable_pdf(path, errors[0])
         if not any(_LETTER.search(t) for t in texts):
@@ -514,6 +579,8 @@ def load(
     path = Path(path)
     data = _read(path, config)
     loaded = loader_for(path, data, loaders).load(path, data, config)
+    if len(loaded.text) > config.max_characters:
+        raise _too_much_text(path, f"{len(loaded.text):,}", config)
     if not _LETTER.search(loaded.text):
         raise IngestionError(f"{path}: has no text (no letters after extraction); nothing to ingest, remove it")
     document = Document(
@@ -552,6 +619,13 @@ def _read(path: Path, config: IngestionConfig) -> bytes:
     if not data:
         raise IngestionError(f"{path}: is empty (0 bytes); nothing to ingest, remove it or give it content")
     return data
+
+
+def _too_much_text(path: Path, found: str, config: IngestionConfig, where: str = "") -> IngestionError:
+    return IngestionError(
+        f"{path}: has {found} characters of text{where}, over ingestion.max_characters={config.max_characters:,}; "
+        "split the file or raise the limit"
+    )
 
 
 def _too_large(path: Path, size: int, config: IngestionConfig) -> IngestionError:

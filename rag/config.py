@@ -120,6 +120,11 @@ class IngestionConfig(_Section):
     extensions: list[str] = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"]
     max_file_mb: float = Field(50, gt=0)  # larger files are reported and skipped
     max_pages: int = Field(2000, ge=1)  # PDFs with more pages are reported and skipped
+    # Text per file after extraction, about 2000 pages: a bigger file is refused before it is
+    # chunked (5 M characters are ~10,000 chunks, minutes of embedding on a CPU).
+    max_characters: int = Field(5_000_000, ge=1)
+    # HTML elements nested deeper are refused: libxml2, the parser, drops text below 255 levels.
+    max_html_depth: int = Field(255, ge=2, le=255)
     # Containers (docx is a zip): refuse archives that unpack to more than this, or whose
     # members compress better than max_compression_ratio (zip bombs).
     max_unpacked_mb: float = Field(200, gt=0)
@@ -322,6 +327,10 @@ class ServerConfig(_Section):
     max_upload_mb: int = Field(200, ge=1)  # per file
     # Requests the app works on at once per event (chat, upload); more wait in Gradio's queue.
     concurrency: int = Field(2, ge=1)
+    # Questions and searches answered at once over HTTP (REST v1 search/ask/chat, the OpenAI
+    # endpoint, MCP); one more is answered 429 with Retry-After at once, instead of queueing
+    # without bound for the CPU, the LLM server and memory. The web UI queues by ``concurrency``.
+    max_concurrent_requests: int = Field(64, ge=1)
     # Folders whose files POST /v1/jobs (and `babelrag ingest` handing its job to this server)
     # may ingest, for any client. Empty: clients on this machine (loopback) may ingest any path the
     # server can read, others none.

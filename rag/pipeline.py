@@ -8,6 +8,7 @@ once, in ``_resolve``; nothing below that sees an unresolved option.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Unpack, get_args
 
-from ingestion.chunker import SentenceChunker, tokenizer_spans
+from ingestion.chunker import SentenceChunker, TokenSpans, tokenizer_spans
 from ingestion.job import IngestReport, Progress, delete_sources, index_fingerprint, ingest_files
 from ingestion.loader import DEFAULT_LOADERS, Loader
 from rag import access
@@ -196,9 +197,12 @@ class Pipeline:
         return collection
 
     def _chunker(self) -> SentenceChunker:
-        return SentenceChunker(
-            tokenizer_spans(self.embedder.tokenizer), self.settings.chunking, detect_language=self.language.detect
-        )
+        return SentenceChunker(self._token_spans, self.settings.chunking, detect_language=self.language.detect)
+
+    @functools.cached_property
+    def _token_spans(self) -> TokenSpans:
+        """One tokenizer for every job's chunker: it keeps its private copies between jobs."""
+        return tokenizer_spans(self.embedder.tokenizer)
 
     def _check_chunk_budget(self) -> None:
         """Chunks plus their prompt and title/section context must fit the embedding model."""

@@ -662,13 +662,17 @@ class ChromaStore:
         for n, (ids, texts, metas, distances) in enumerate(
             zip(result["ids"], result["documents"], result["metadatas"], result["distances"], strict=True)
         ):
-            hits = []
-            for id_, text, meta, distance in zip(ids, texts, metas, distances, strict=True):
+            hits, rows = [], []
+            for row, (id_, text, meta, distance) in enumerate(zip(ids, texts, metas, distances, strict=True)):
+                if meta is None:  # deleted by a writer between the index search and the read of its record
+                    continue
                 score = 1.0 - float(distance)  # cosine distance -> cosine similarity
                 hits.append(Hit(chunk=_chunk(id_, text, meta), score=score, retrieval_score=score))
+                rows.append(row)
             found = np.empty((len(hits), queries.shape[1] if vectors else 0), dtype=np.float32)
             if vectors and hits:
-                found = np.asarray(result["embeddings"][n], dtype=np.float32).reshape(len(hits), -1)
+                embeddings = result["embeddings"][n]
+                found = np.asarray([embeddings[r] for r in rows], dtype=np.float32).reshape(len(hits), -1)
             out.append((hits, found))
         return out
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from rag.config import Settings, load_settings
+from tests.isolation import guarded
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -86,6 +87,26 @@ def pytest_terminal_summary(terminalreporter) -> None:
     out = ROOT / "test-artifacts" / "figures.txt"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(FIGURES) + "\n", encoding="utf-8")
+
+
+# Unit tests (no model/integration/e2e/slow marker) may not open sockets, start processes or read
+# provisioned models, in setup, call or teardown: tests/isolation.py.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    with guarded(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ import contextvars
 import ipaddress
 import json
 import logging
-import os
+import shutil
 import threading
 import time
 import uuid
@@ -67,10 +67,13 @@ from rag import (
 )
 from rag.config import validate_collection_name
 from ui.errors import error_body, error_response, install_error_handlers, status_of
-from ui.web import PREVIOUS_SUFFIX, safe_file_name
+from ui.uploads import UploadBatch, too_large
 
 log = logging.getLogger(__name__)
 
+# Uploaded files wait here, one folder per request, until their job places them in the
+# collection's folder (a collection name cannot start with a dot).
+STAGING = ".staging"
 Authorize = Callable[[Request], None]  # a FastAPI dependency: raises a 401 HTTPException
 Progress = Callable[[JobProgress], None]
 
@@ -177,20 +180,17 @@ class IngestJobs:
             roots=self.roots,
         ))  # fmt: skip
 
-    def submit_upload(self, collection: str, saved: list[SavedUpload]) -> dict[str, Any]:
-        paths = [u.path for u in saved]
+    def submit_upload(self, collection: str, batch: UploadBatch, staging: Path) -> dict[str, Any]:
+        """A job that ingests ``batch``, whose files wait in ``staging`` (removed when it ends)."""
 
         def ingest(progress: Progress) -> IngestReport:
-            failed = {str(p) for p in paths}  # until the job says otherwise
             try:
-                report = self.pipeline.ingest(paths, collection, progress=progress)
-                failed = {i.path for i in report.failed}
-                return report
+                return batch.ingest(self.pipeline, collection, progress)
             finally:
-                for u in saved:
-                    u.settle(kept=str(u.path) not in failed)
+                shutil.rmtree(staging, ignore_errors=True)
 
-        return self._submit(collection, paths, ingest, files=[{"name": u.name, "source": str(u.path)} for u in saved])
+        files = [{"name": batch.names[str(p)], "source": str(p)} for p in batch.paths]
+        return self._submit(collection, batch.paths, ingest, files=files)
 
     def _submit(
         self, collection: str, paths: list[Path], work: Callable[[Progress], IngestReport], **extra: Any
@@ -236,62 +236,26 @@ class IngestJobs:
             return [dict(j) for j in reversed(self._jobs.values())]
 
 
-class SavedUpload:
-    """One uploaded file in its collection's upload folder. A version uploaded before under the
-    same name is kept aside until the job says whether the new one made it into the store."""
-
-    def __init__(self, name: str, path: Path, aside: Path | None) -> None:
-        self.name, self.path, self.aside = name, path, aside
-
-    def settle(self, *, kept: bool) -> None:
-        if kept:
-            if self.aside is not None:
-                self.aside.unlink(missing_ok=True)
-        elif self.aside is not None:
-            os.replace(self.aside, self.path)  # the store still holds the previous version's chunks
-        else:
-            self.path.unlink(missing_ok=True)
-
-
-async def save_uploads(files: list[UploadFile], folder: Path, limit_mb: int) -> list[SavedUpload]:
-    """Write ``files`` into ``folder`` under safe names (no folders, no control characters; a
-    name repeated in the batch gets " (2)"); a file over ``limit_mb`` is a 413, before any is written."""
-    limit = limit_mb * 1024 * 1024
+async def stage_uploads(files: list[UploadFile], staging: Path, limit_mb: int) -> list[tuple[str, Path]]:
+    """Write the request's ``files`` into ``staging`` (the request's temporary files go with
+    it): (the client's name, where its bytes are) each. A file over ``limit_mb`` is a 413, before
+    any is written."""
     for f in files:
         size = f.size if f.size is not None else len(await f.read())
-        if size > limit:
-            raise HTTPException(
-                413,
-                f"{safe_file_name(f.filename or 'upload')} is {size / 1e6:.1f} MB, more than server.max_upload_mb="
-                f"{limit_mb}: split it, ingest it with `babelrag ingest`, or raise the limit",
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
-    saved: list[SavedUpload] = []
-    for f in files:
-        name = unique_name(safe_file_name(f.filename or "upload"), taken)
-        taken.add(name.casefold())
-        target = folder / name
-        aside = None
-        if target.exists():
-            aside = target.with_name(target.name + PREVIOUS_SUFFIX)
-            os.replace(target, aside)
-        await f.seek(0)
-        with target.open("wb") as out:
-            while chunk := await f.read(1 << 20):
-                out.write(chunk)
-        saved.append(SavedUpload(f.filename or name, target.resolve(), aside))
-    return saved
+        if reason := too_large(f.filename or "upload", size, limit_mb):
+            raise HTTPException(413, reason)
 
+    def write() -> list[tuple[str, Path]]:
+        staging.mkdir(parents=True)
+        staged = []
+        for i, f in enumerate(files):
+            f.file.seek(0)
+            with (staging / str(i)).open("wb") as out:
+                shutil.copyfileobj(f.file, out, 1 << 20)
+            staged.append((f.filename or "", staging / str(i)))
+        return staged
 
-def unique_name(name: str, taken: set[str]) -> str:
-    stem, dot, suffix = name.rpartition(".") if "." in name else (name, "", "")
-    n = 1
-    candidate = name
-    while candidate.casefold() in taken:
-        n += 1
-        candidate = f"{stem} ({n}){dot}{suffix}"
-    return candidate
+    return await asyncio.to_thread(write)
 
 
 def _loopback(host: str | None) -> bool:
@@ -472,8 +436,13 @@ def install(app: FastAPI, pipeline: Pipeline, authorize: Authorize, authorize_wr
     ) -> Any:
         access.require(name, write=True)  # a token for other collections (403) saves nothing
         await asyncio.to_thread(pipeline.documents, name)  # an unknown collection is a 404 before any file is saved
-        saved = await save_uploads(files, upload_dir / name, settings.server.max_upload_mb)
-        return jobs.submit_upload(name, saved)
+        staging = upload_dir / STAGING / uuid.uuid4().hex
+        try:
+            staged = await stage_uploads(files, staging, settings.server.max_upload_mb)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return jobs.submit_upload(name, UploadBatch(upload_dir / name, staged), staging)
 
     @v1.delete("/collections/{name}/documents", tags=["documents"], dependencies=writes)
     def delete_document(

@@ -18,6 +18,7 @@ from rag.integrations.mcp import mount_mcp
 from ui import observability, openai_api, rest
 from ui.auth import AccessMiddleware, Tokens, token_of
 from ui.errors import error_response
+from ui.limits import ConcurrencyLimit
 from ui.web import CSS, JS, WebUI
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ THEME = gr.themes.Soft(
     font=["system-ui", "Noto Sans", "Noto Sans CJK JP", "sans-serif"],
     font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"],
 )
+
+
+# The routes that answer questions and searches: server.max_concurrent_requests bounds them together.
+ANSWERING_PATHS = ("/v1/search", "/v1/ask", "/v1/chat", "/v1/chat/completions", "/mcp")
 
 
 def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = None) -> FastAPI:
@@ -59,6 +64,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
     rest.install_not_found(app)  # keep last before the UI's mount: it answers every /v1 path no router took
+    app.add_middleware(ConcurrencyLimit, limit=s.max_concurrent_requests, paths=ANSWERING_PATHS)
     gr.mount_gradio_app(
         app,
         blocks,

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +22,11 @@ import gradio as gr
 from rag import BabelRAGError, CollectionNotFoundError, JobProgress, Pipeline, QueryError, QueryOptions
 from rag.config import RerankerKind, validate_collection_name
 from ui import render
+from ui.uploads import UploadBatch, too_large
 
 log = logging.getLogger(__name__)
 
 RERANKERS = get_args(RerankerKind)
-PREVIOUS_SUFFIX = ".previous-upload"  # next to a re-uploaded file until its ingest succeeded
 RERANKER_LABELS = {"none": "None (first stage only)", "cross-encoder": "Cross-encoder", "llm-listwise": "LLM listwise"}
 
 CSS = """
@@ -223,42 +220,18 @@ class WebUI:
             if not files:
                 raise QueryError("no files to ingest: drop files on the upload area first")
             name = self._collection_name(collection)
-            folder = self.upload_dir / name
-            folder.mkdir(parents=True, exist_ok=True)
-            uploaded: dict[str, str] = {}
-            previous: dict[str, Path] = {}  # a file uploaded before under the same name, kept aside
             for f in files:
-                original = Path(f).name
-                target = folder / safe_file_name(original)
-                _check_size(Path(f), self.settings.server.max_upload_mb)
-                if target.exists():
-                    previous[str(target.resolve())] = aside = target.with_name(target.name + PREVIOUS_SUFFIX)
-                    os.replace(target, aside)
-                shutil.copyfile(f, target)
-                uploaded[str(target.resolve())] = original
-            progress((0, len(uploaded)), desc="Ingesting", unit="files")
+                if reason := too_large(Path(f).name, Path(f).stat().st_size, self.settings.server.max_upload_mb):
+                    raise QueryError(f"{reason}; nothing of this batch was ingested")
+            batch = UploadBatch(self.upload_dir / name, [(Path(f).name, Path(f)) for f in files])
+            progress((0, len(batch.paths)), desc="Ingesting", unit="files")
 
             def tick(p: JobProgress) -> None:
-                desc = f"Ingested {Path(p.current).name}" if p.current else "Ingesting"
+                desc = f"Ingested {batch.names.get(p.current, Path(p.current).name)}" if p.current else "Ingesting"
                 progress((p.files_done, p.files_total), desc=desc, unit="files")
 
-            failed = set(uploaded)  # until the job says otherwise
-            try:
-                report = self.pipeline.ingest(list(uploaded), name, progress=tick)
-                failed = {i.path for i in report.failed}
-            finally:
-                # A file that failed is not in the knowledge base: its copy goes, and the version
-                # uploaded before (whose chunks the store still holds) comes back.
-                for path in uploaded:
-                    aside = previous.get(path)
-                    if path in failed:
-                        if aside is not None:
-                            os.replace(aside, path)
-                        else:
-                            Path(path).unlink(missing_ok=True)
-                    elif aside is not None:
-                        aside.unlink(missing_ok=True)
-            html = render.ingest_report(report, uploaded)
+            report = batch.ingest(self.pipeline, name, tick)
+            html = render.ingest_report(report, batch.names)
         except Exception as error:
             if not isinstance(error, BabelRAGError):
                 log.exception("upload failed")
@@ -381,20 +354,3 @@ class WebUI:
                 concurrency_limit=1, concurrency_id="writes",
             )  # fmt: skip
         return demo
-
-
-def safe_file_name(name: str) -> str:
-    """``name`` without folders, control characters or a leading dot; letters of any script kept."""
-    name = unicodedata.normalize("NFC", Path(name).name)
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '\\/:*?"<>|')
-    name = re.sub(r"\s+", " ", name).strip().lstrip(".")
-    return name[:200] or "upload"
-
-
-def _check_size(path: Path, limit_mb: int) -> None:
-    size = path.stat().st_size
-    if size > limit_mb * 1024 * 1024:
-        raise QueryError(
-            f"{path.name} is {size / 1e6:.0f} MB, more than server.max_upload_mb={limit_mb}: "
-            "ingest it with `babelrag ingest` or raise the limit"
-        )

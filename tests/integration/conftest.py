@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: a real `chroma run` server."""
+"""Fixtures for integration tests: a real `chroma run` server, and a `babelrag serve` process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Self
 
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
+from tests.conftest import free_port, need_env, wait_until_serving
+from tests.helpers import FakeLLM
+from tests.helpers_hostile import ANSWER
+from tests.helpers_serve import babelrag_serve
 
 
 class ChromaProcess:
@@ -56,3 +59,13 @@ def chroma_server(tmp_path_factory):
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """`babelrag serve` as its own process (the real embedding model, an embedded Chroma), its LLM
+    a scripted server answering ANSWER: one for the hostile-input and load tests, which measure
+    it, so the model loads once. Each test uses a collection of its own."""
+    need_env("BABELRAG_EMBEDDING_MODEL")
+    with FakeLLM(ANSWER) as llm, babelrag_serve(tmp_path_factory.mktemp("served"), llm.url) as server:
+        yield server

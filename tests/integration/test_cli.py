@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import EXAMPLES, ROOT, free_port
 
+pytestmark = pytest.mark.integration  # each test runs the `babelrag` command in a process
+
 BABELRAG = str(Path(sys.executable).parent / "babelrag")
 
 

@@ -101,6 +101,24 @@ def test_state_follows_writes_replacements_and_deletes(store):
     assert store.info("kb1").documents == 6
 
 
+def test_a_query_leaves_out_chunks_a_writer_deleted_while_it_ran(store, monkeypatch):
+    # Embedded Chroma searches its index, then reads the records: a delete in between leaves a
+    # hit without a record (seen under load: a 500 on /v1/ask while an upload replaced files).
+    write_documents(store, "kb1", [document("/kb/a.md", "de", 3, 1), document("/kb/b.md", "ja", 3, 2)])
+    real = store._call
+
+    def racing(name, op, *args, **kwargs):
+        result = real(name, op, *args, **kwargs)
+        if op == "query":
+            result["metadatas"][0][1] = result["documents"][0][1] = None
+        return result
+
+    monkeypatch.setattr(store, "_call", racing)
+    ((hits, vectors),) = store.query_with_vectors("kb1", np.ones((1, DIM), np.float32), top_k=6)
+    assert len(hits) == 5 and vectors.shape == (5, DIM)
+    assert len(store.query("kb1", np.ones((1, DIM), np.float32), top_k=6)[0]) == 5
+
+
 def test_centroids_come_from_all_chunks_not_a_sample(store):
     docs = [
         document(f"/kb/{lang}-{n}.txt", lang, 40, seed=10 * i + n) for i, lang in enumerate(LANGUAGES) for n in range(3)
@@ -246,6 +264,7 @@ def test_a_writer_whose_lease_was_lost_stops_writing(store):
 # -- the embedded store's process lock ----------------------------------------------------
 
 
+@pytest.mark.integration  # a second process
 def test_a_second_process_is_refused_the_embedded_store_with_the_holder_named(store):
     store.lock.announce(serve_url="http://127.0.0.1:7860")
     code = (
@@ -268,6 +287,7 @@ def test_a_second_process_is_refused_the_embedded_store_with_the_holder_named(st
     assert again.returncode == 0 and again.stdout == "", again.stderr
 
 
+@pytest.mark.integration  # a second process
 def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(store):
     write_documents(store, "kb1", [document("/kb/a.md", "de", 3, 1)])
     store.query("kb1", np.ones((1, DIM), np.float32), top_k=3)  # this process's HNSW is loaded
@@ -288,6 +308,7 @@ def test_a_closed_store_reopened_reads_what_another_process_wrote_meanwhile(stor
     assert store.state("kb1").documents == 1 and set(store.manifest("kb1")) == {"/kb/b.md"}
 
 
+@pytest.mark.integration  # a second process
 def test_the_lock_of_a_killed_process_is_free(tmp_path):
     path = tmp_path / "chroma"
     code = (
@@ -329,6 +350,7 @@ def test_a_big_collection_new_to_this_machine_is_indexed_without_making_queries_
     assert len(KeywordIndexes(store, tmp_path / "fresh-machine").get("kb1", version)) == 32
 
 
+@pytest.mark.integration  # a second process
 def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
     from tests.conftest import free_port
 
@@ -342,4 +364,3 @@ def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.startswith(f"cannot open Chroma server {url}:"), out.stdout + out.stderr
-

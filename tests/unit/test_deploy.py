@@ -118,6 +118,7 @@ def dockerfile_env() -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
+@pytest.mark.integration  # runs hadolint (a process)
 def test_dockerfile_passes_hadolint():
     done = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -144,12 +145,14 @@ def test_the_image_pins_the_projects_torch():
 # -- compose.yaml -------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_compose_needs_the_token_from_env(tmp_path):
     done = docker_compose(project_with(tmp_path, ENV_EXAMPLE.read_text()), "config", "--quiet")
     assert done.returncode != 0
     assert "BABELRAG_SERVER_TOKEN is missing a value: set BABELRAG_SERVER_TOKEN in .env" in done.stderr
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_services_and_the_ray_profile(compose):
     services = compose["services"]
     assert set(services) == {"vllm", "chroma", "app", "ray-head"}
@@ -170,6 +173,7 @@ def test_services_and_the_ray_profile(compose):
         assert device["capabilities"] == ["gpu"], name
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_vllm_runs_what_llm_serve_prints_for_the_gpu_config(compose, monkeypatch):
     vllm = compose["services"]["vllm"]
     # the one difference: in a container vLLM listens on every interface (the network is the project's)
@@ -185,6 +189,7 @@ def test_vllm_runs_what_llm_serve_prints_for_the_gpu_config(compose, monkeypatch
     assert env.items() <= vllm["environment"].items()
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_every_babelrag_variable_is_a_setting(compose):
     names = {n for s in compose["services"].values() for n in s.get("environment", {})}
     names |= set(env_file(ENV_EXAMPLE)) | set(dockerfile_env())
@@ -196,6 +201,7 @@ def test_every_babelrag_variable_is_a_setting(compose):
         assert field in Settings.model_fields[section].annotation.model_fields, name
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_the_app_reaches_vllm_and_chroma_where_they_listen(compose, monkeypatch):
     services = compose["services"]
     settings = settings_in(services["app"], monkeypatch)
@@ -216,6 +222,7 @@ def test_the_app_reaches_vllm_and_chroma_where_they_listen(compose, monkeypatch)
     assert (ray.store.url, ray.llm.base_url) == (settings.store.url, settings.llm.base_url)
 
 
+@pytest.mark.integration  # runs the Compose CLI (a process)
 def test_the_app_serves_where_compose_publishes_and_checks_it(compose, monkeypatch):
     app_service = compose["services"]["app"]
     settings = settings_in(app_service, monkeypatch)

@@ -118,6 +118,7 @@ def _export_in_process(model_dir: str, exports: str, queue) -> None:
     queue.put(str(eb.ensure_export(Path(model_dir), SPEC, Path(exports), build=fake_build(delay=0.5))))
 
 
+@pytest.mark.integration  # two processes
 def test_two_processes_exporting_at_once_both_end_with_a_valid_model(model_dir, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

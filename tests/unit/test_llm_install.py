@@ -98,6 +98,7 @@ def test_the_environment_babelrag_runs_in_is_refused():
         llm_install.install(llm_install.plan("gpu", Path(sys.prefix)), say=lambda _: None)
 
 
+@pytest.mark.integration  # the failing step is a real process (/bin/false)
 def test_a_failing_step_names_itself_and_its_log(tmp_path):
     plan = llm_install.plan("gpu", tmp_path / "v", base_python="/bin/false")
     with pytest.raises(InstallError, match=rf"step 'venv' failed \(exit 1\).*full log: {tmp_path}/v-install.log"):

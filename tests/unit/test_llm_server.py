@@ -133,6 +133,7 @@ def test_out_of_range_fields_are_rejected(vllm, match):
         load_settings(vllm=vllm)
 
 
+@pytest.mark.integration  # runs a stand-in nvidia-smi
 def test_more_gpus_than_nvidia_smi_lists_fails_before_starting(tmp_path, monkeypatch):
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-1)'\necho '  MIG 1g.10gb Device 0: (UUID: M)'\n")
@@ -222,6 +223,7 @@ def test_llm_status_prints_models_and_exits_1_when_down(monkeypatch, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the LLM server at {url}")
 
 
+@pytest.mark.integration  # a stand-in server process
 def test_wait_ready_returns_once_the_model_is_served(tmp_path):
     import subprocess
 

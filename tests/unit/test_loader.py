@@ -37,6 +37,7 @@ from tests.helpers_files import (
     write_truncated,
     write_zip_bomb,
 )
+from tests.helpers_hostile import write_deep_html, write_many_pages_pdf, write_million_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = IngestionConfig()
@@ -142,12 +143,24 @@ def test_bytes_that_fit_no_encoding_are_refused(tmp_path):
     refused(path, "no other text encoding fits", "convert it to UTF-8")
 
 
+@pytest.mark.parametrize("lang", sorted(TEXTS))
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_byte_order_mark_is_decoded(tmp_path, lang, codec):
+    text = f"{TEXTS[lang]}\n{TITLES[lang]}\n"
+    path = tmp_path / f"{lang}.txt"
+    path.write_bytes(text.encode(codec))  # as some exporters write it: no BOM
+    document, warnings = load(path, CONFIG)
+    assert document.text == text
+    assert warnings == (f"no byte order mark; decoded as {codec.upper()} (detected)",)
+
+
 @pytest.mark.parametrize(
     "name, data, found",
     [
         ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8, "NUL bytes"),
         ("controls.md", bytes(range(1, 9)) * 500 + b"text", "control bytes"),
-        ("utf16-without-bom.txt", TEXTS["en"].encode("utf-16-le"), "NUL bytes"),
+        # int16 samples, little-endian: NULs on one side, like UTF-16, but they decode to controls
+        ("samples.txt", b"".join(n.to_bytes(2, "little") for n in range(1, 32)) * 100, "NUL bytes"),
     ],
 )
 def test_binary_content_with_a_text_extension_is_refused(tmp_path, name, data, found):
@@ -170,6 +183,18 @@ def test_content_without_letters_is_refused(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
     refused(path, "has no text", "remove it")
+
+
+def test_html_nested_deeper_than_the_parser_reads_is_refused_not_cut(tmp_path):
+    # libxml2 drops elements below 255 levels without an error: the page would lose its deep text
+    for depth in (300, 100_000):
+        refused(write_deep_html(tmp_path / f"deep{depth}.html", depth), "nest at least 256 levels deep",
+                "max_html_depth=255", "flatten the page")  # fmt: skip
+    document = load_document(write_deep_html(tmp_path / "deep250.html", 250), CONFIG)
+    assert "Tief unten steht noch ein Satz." in document.text
+    shallow = IngestionConfig(max_html_depth=30)
+    refused(write_deep_html(tmp_path / "deep40.html", 40), "nest 42 levels deep", "max_html_depth=30",
+            "raise the limit", config=shallow)  # fmt: skip
 
 
 # --- Markdown -------------------------------------------------------------------------------
@@ -259,6 +284,16 @@ def test_pdf_pages_in_three_languages_start_at_their_offsets(tmp_path):
 def test_pdf_over_max_pages_is_refused(tmp_path):
     path = write_pdf(tmp_path / "long.pdf", ["one", "two", "three"])
     refused(path, "has 3 pages", "max_pages=2", "split the file", config=IngestionConfig(max_pages=2))
+    refused(write_many_pages_pdf(tmp_path / "many.pdf", 2001), "has 2001 pages", "max_pages=2000")
+
+
+def test_text_over_max_characters_is_refused_and_a_pdf_is_not_read_to_its_end(tmp_path):
+    lines = write_million_lines(tmp_path / "lines.txt")  # 34 MB: under max_file_mb=50
+    refused(lines, "has 33,888,890 characters of text", "max_characters=5,000,000", "split the file")
+    pdf = write_many_pages_pdf(tmp_path / "pages.pdf", 3)  # 24 characters a page
+    limit = IngestionConfig(max_characters=30)
+    refused(pdf, "has over 48 characters of text in its first 2 of 3 pages", "max_characters=30", config=limit)
+    assert load(pdf, IngestionConfig(max_characters=100))[0].text.count("Seite um Seite") == 3
 
 
 def test_truncated_pdf_is_refused(tmp_path):
@@ -419,6 +454,7 @@ print(discover([sys.argv[3]], [".txt"]))
 """
 
 
+@pytest.mark.integration  # a process that drops root
 def test_unreadable_file_and_folder_are_reported_with_a_fix():
     # Root reads anything, so the check runs as nobody (uid 65534), in a folder nobody may enter:
     # under /tmp with mode 755, as pytest's tmp_path is private to its owner.

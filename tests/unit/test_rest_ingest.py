@@ -78,40 +78,25 @@ def upload(name: str, data: bytes):
     return UploadFile(io.BytesIO(data), filename=name, size=len(data))
 
 
-def test_uploads_get_safe_names_and_a_repeated_name_does_not_overwrite(tmp_path):
+def test_an_upload_over_the_limit_is_a_413_before_any_file_is_written(tmp_path):
     import asyncio
 
     from fastapi import HTTPException
 
-    from ui.rest import save_uploads
+    from ui.rest import stage_uploads
 
-    folder = tmp_path / "uploads" / "kb"
-    files = [upload("../../x.txt", b"eins"), upload("x.txt", b"zwei"), upload("X.TXT", b"drei"),
-             upload("..\\evil\x00\x1b.md", b"vier"), upload("", b"fuenf")]  # fmt: skip
-    saved = asyncio.run(save_uploads(files, folder, limit_mb=1))
-    assert [u.path.name for u in saved] == ["x.txt", "x (2).txt", "X (3).TXT", "evil.md", "upload"]
-    assert [u.path.read_bytes() for u in saved] == [b"eins", b"zwei", b"drei", b"vier", b"fuenf"]
-    assert all(u.path.parent == folder.resolve() for u in saved) and not (tmp_path / "x.txt").exists()
+    staging = tmp_path / ".staging" / "job"
+    staged = asyncio.run(stage_uploads([upload("../x.txt", b"eins"), upload("x.txt", b"zwei")], staging, limit_mb=1))
+    assert [(name, path.read_bytes()) for name, path in staged] == [("../x.txt", b"eins"), ("x.txt", b"zwei")]
+    refused = tmp_path / ".staging" / "refused"
     with pytest.raises(HTTPException) as caught:
-        asyncio.run(save_uploads([upload("ok.txt", b"1"), upload("big.txt", b"a" * (1024 * 1024 + 1))], folder, 1))
+        asyncio.run(stage_uploads([upload("ok.txt", b"1"), upload("big.txt", b"a" * (1024 * 1024 + 1))], refused, 1))
     assert (
         caught.value.status_code == 413
         and "big.txt" in caught.value.detail
         and "max_upload_mb=1" in caught.value.detail
     )
-    assert not (folder / "ok.txt").exists()  # nothing of a refused batch is written
-
-
-def test_a_failed_new_version_brings_the_previous_one_back(tmp_path):
-    import asyncio
-
-    from ui.rest import save_uploads
-
-    (tmp_path / "a.txt").write_text("alt")
-    (new,) = asyncio.run(save_uploads([upload("a.txt", b"neu")], tmp_path, 1))
-    assert new.path.read_text() == "neu" and new.aside is not None
-    new.settle(kept=False)
-    assert (tmp_path / "a.txt").read_text() == "alt" and not new.aside.exists()
+    assert not refused.exists()  # nothing of a refused batch is written
 
 
 def test_token_from_bearer_or_basic_and_the_access_it_grants():

@@ -10,7 +10,7 @@ from rag.evidence import Evidence
 from rag.languages import text_direction
 from tests.helpers import hit
 from ui import render
-from ui.web import safe_file_name
+from ui.uploads import safe_file_name
 
 
 def answer(text: str, language: str = "de", cited: bool = True, **kw) -> Answer:
