@@ -23,6 +23,7 @@ from typing import Any, Literal
 from rag.budget import FittedSources
 from rag.citations import (
     MARKER,
+    CopyCheck,
     could_be_sentinel,
     has_content,
     invents_numbers,
@@ -32,7 +33,7 @@ from rag.citations import (
 )
 from rag.config import GenerationConfig
 from rag.errors import GenerationError, QueryError
-from rag.generator import Generator, Message, translation_messages
+from rag.generator import INSTRUCTIONS, Generator, Message, translation_messages
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import not_found_message
 from rag.llm import AsyncChatStream, ChatStream, LLMClient
@@ -144,6 +145,7 @@ class AnswerStream:
         self._found = True
         self._attempts = 0
         self._translated = False
+        self._withheld: list[str] = []
 
     # public: sync ---------------------------------------------------------------------------
 
@@ -308,9 +310,12 @@ class AnswerStream:
             yield from self._not_found(reset=None)
             return
         target = plan.target_language
+        sources = [source.text for source in plan.fitted.sources]
+        copies = CopyCheck(sources, INSTRUCTIONS)
         wrong: str | None = None
         text = ""
         verdict: str | None = None
+        copied: str | None = None
         shown = False
         for attempt in (1, 2):
             self._attempts = attempt
@@ -319,13 +324,15 @@ class AnswerStream:
                 "question": plan.standalone_question or plan.question, "sources": plan.fitted.sources,
                 "language": target, "wrong_language": wrong, "strict": attempt == 2,
             })  # fmt: skip
-            text, verdict, shown = "", None, False
+            text, verdict, copied, shown = "", None, None, False
             while True:
                 piece = yield _PULL
                 if piece is None:
                     break
                 self.trace.mark("first_token")
                 text += piece
+                if (copied := copies(text)) is not None:
+                    break  # before the piece that completes the copy is shown; stop paying for it
                 if verdict is None:
                     verdict = self._early_verdict(text, target)
                     if verdict == "ok":
@@ -341,27 +348,41 @@ class AnswerStream:
                 verdict = self._verdict(text, target)
             if verdict in ("wrong", "empty") and not last:
                 wrong = self._detect(text)
+                self._withheld.append(
+                    f"the answer was in {wrong}, not {target}" if wrong else "no answer, markers alone"
+                )
                 log.info("answer started in %s, not %s; asking again", wrong, target)
+                continue
+            copied = None if says_not_found(text) else copied
+            if copied is not None and not last:
+                self._withheld.append(copied)
+                log.info("%s; asking again: %r", copied, text)
+                if shown:
+                    yield AnswerEvent("reset", f"{copied}; asking again")
                 continue
             break
         self.trace.timings["generate"] = time.perf_counter() - t0
         if self._cancelled:
             self._text = text
             return
-        if says_not_found(text) or not has_content(text):
+        if says_not_found(text) or not has_content(strip_sentinel(text)):
             yield from self._not_found(reset="the model found no answer in the sources" if shown else None)
             return
+        if copied is not None:
+            self._withheld.append(copied)
+            log.info("%s again; not found: %r", copied, text)
+            yield from self._not_found(reset=copied if shown else None)
+            return
         text = strip_sentinel(text) if "NOT" in text else text
-        sources = [source.text for source in plan.fitted.sources]
         if (
             config.check_numbers
             and not map_citations(text, len(sources)).cited
             and invents_numbers(text, sources, plan.standalone_question or plan.question)
         ):
+            reason = "the answer states numbers that are in none of the sources"
+            self._withheld.append(reason)
             log.info("answer cites no source and states numbers none of them holds; not found: %r", text)
-            yield from self._not_found(
-                reset="the answer states numbers that are in none of the sources" if shown else None
-            )
+            yield from self._not_found(reset=reason if shown else None)
             return
         language = self._detect(text)
         if (
@@ -377,6 +398,12 @@ class AnswerStream:
                 self._translated = True
                 self._text = translated
                 return
+            # never the wrong-language answer as it is: it may be a source copied whole, carrying an
+            # instruction its translator then obeyed
+            reason = f"the answer was in {language}, not {target}, and its translation failed"
+            self._withheld.append(reason)
+            yield from self._not_found(reset=reason if shown else None)
+            return
         if not shown:
             yield AnswerEvent("delta", text)
         self._text = text
@@ -496,6 +523,7 @@ class AnswerStream:
             removed_markers=mapped.removed,
             language_attempts=max(self._attempts, 1),
             translated=self._translated,
+            withheld=list(self._withheld),
             usage=self.trace.usage,
             timings=timings,
             dropped_sources=plan.fitted.dropped if plan.fitted else 0,

@@ -1,5 +1,5 @@
 """What an answer's text says about its sources: ``[n]`` markers mapped to sources, the numbers it
-states, and the model's "not found" sentinel."""
+states, the model's "not found" sentinel, and whether it copies its sources or its instructions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.text import answer_sentence_spans
+from rag.text import answer_sentence_spans, sentence_spans
 from rag.types import CitedSentence
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,14 @@ def invents_numbers(answer: str, sources: Sequence[str], question: str) -> bool:
 _NOT_FOUND = re.compile(r"^\W*not[\s_-]?found\b\W*", re.IGNORECASE)
 
 
+_REPEATED_SENTINEL = re.compile(r"(?:\bNOT[\s_-]?FOUND\b\W*){2,}", re.IGNORECASE)
+
+
 def says_not_found(text: str) -> bool:
-    """The model's sentinel for "the sources do not hold the answer" (possibly with stray markers),
-    or the start of it alone ("NO", "NOT": small models stop early)."""
-    stripped = text.strip()
+    """The model's sentinel for "the sources do not hold the answer" (possibly with stray markers,
+    or repeated until the token limit cut it), or the start of it alone ("NO", "NOT": small models
+    stop early)."""
+    stripped = _REPEATED_SENTINEL.sub("NOT_FOUND ", text).strip()
     if len(stripped) <= 12 and not re.search(r"\[\d+\]", stripped) and could_be_sentinel(stripped):
         return len(re.sub(r"[\W_]+", "", stripped)) >= 2
     rest = _NOT_FOUND.sub("", stripped, count=1) if _NOT_FOUND.match(stripped) else None
@@ -118,3 +122,52 @@ def has_content(text: str) -> bool:
 def strip_sentinel(text: str) -> str:
     """An answer that also wrote the sentinel somewhere: the sentinel goes, the answer stays."""
     return re.sub(r"\s*\bNOT[_ ]FOUND\b\.?", "", text).strip()
+
+
+# -- copies: an answer that reproduces its sources or its instructions ----------------------------
+
+# Noise a copy may add or drop: source markers, the "(7)" the prompt turns a source's own markers
+# into, and the "&lt;" it turns a tag's "<" into.
+_COPY_NOISE = re.compile(rf"{MARKER.pattern}|[(（]\s*\d{{1,3}}\s*[)）]|&lt;")
+MIN_SENTENCE_LETTERS = 8  # shorter "sentences" ("Answer:", "Frage:") are not worth counting
+INSTRUCTION_RUN = 40  # letters in a row from the instructions that make an answer a leak (~8 words)
+
+
+def letters(text: str) -> str:
+    """The letters and digits of ``text``, NFKC and casefolded, without source markers: what a
+    word-for-word copy keeps, whatever it does to spacing, punctuation, case and markers."""
+    text = unicodedata.normalize("NFKC", _COPY_NOISE.sub(" ", text)).casefold()
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+class CopyCheck:
+    """Whether an answer copies what it must not pass on as it is: a source wholesale, with whatever
+    instruction that carries, or the prompt's instructions.
+
+    Quoting the sentence that holds the answer is answering; an answer that holds two or more of a
+    source's sentences word for word, making up at least half of its letters, echoes the source.
+    The instructions are checked for ``INSTRUCTION_RUN`` letters in a row. Both compare letters and
+    digits only; a translated copy is not caught (no model here can tell).
+    """
+
+    def __init__(self, sources: Sequence[str], instructions: Sequence[str]) -> None:
+        self._sources = []
+        for text in sources:
+            sentences = [letters(text[s:e]) for s, e in sentence_spans(text)]
+            self._sources.append(([s for s in sentences if len(s) >= MIN_SENTENCE_LETTERS], len(letters(text))))
+        self._runs = {
+            run[i : i + INSTRUCTION_RUN]
+            for run in map(letters, instructions)
+            for i in range(len(run) - INSTRUCTION_RUN + 1)
+        }
+
+    def __call__(self, answer: str) -> str | None:
+        """Why ``answer`` must not go out as it is, or None."""
+        said = letters(answer)
+        if any(said[i : i + INSTRUCTION_RUN] in self._runs for i in range(len(said) - INSTRUCTION_RUN + 1)):
+            return "the answer repeated the prompt's instructions"
+        for number, (sentences, total) in enumerate(self._sources, 1):
+            copied = [s for s in sentences if s in said]
+            if len(copied) >= 2 and 2 * sum(map(len, copied)) >= total:
+                return f"the answer copied source [{number}] word for word"
+        return None
