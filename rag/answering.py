@@ -43,6 +43,10 @@ from rag.types import Answer, Citation, Hit
 
 log = logging.getLogger(__name__)
 
+# While an answer streams, it is checked for copies (``CopyCheck``) each time it has grown by this
+# many characters: a copy shows at most this much before it is cut, for ~1 ms per check.
+COPY_CHECK_CHARS = 24
+
 
 @dataclass(frozen=True, slots=True)
 class AnswerEvent:
@@ -324,15 +328,17 @@ class AnswerStream:
                 "question": plan.standalone_question or plan.question, "sources": plan.fitted.sources,
                 "language": target, "wrong_language": wrong, "strict": attempt == 2,
             })  # fmt: skip
-            text, verdict, copied, shown = "", None, None, False
+            text, verdict, copied, shown, checked = "", None, None, False, 0
             while True:
                 piece = yield _PULL
                 if piece is None:
                     break
                 self.trace.mark("first_token")
                 text += piece
-                if (copied := copies(text)) is not None:
-                    break  # before the piece that completes the copy is shown; stop paying for it
+                if len(text) - checked >= COPY_CHECK_CHARS:
+                    checked = len(text)
+                    if (copied := copies(text)) is not None:
+                        break  # before this piece is shown; stop paying for a copy
                 if verdict is None:
                     verdict = self._early_verdict(text, target)
                     if verdict == "ok":
@@ -353,7 +359,7 @@ class AnswerStream:
                 )
                 log.info("answer started in %s, not %s; asking again", wrong, target)
                 continue
-            copied = None if says_not_found(text) else copied
+            copied = None if says_not_found(text) else copied or copies(text)
             if copied is not None and not last:
                 self._withheld.append(copied)
                 log.info("%s; asking again: %r", copied, text)

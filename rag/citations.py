@@ -127,17 +127,19 @@ def strip_sentinel(text: str) -> str:
 # -- copies: an answer that reproduces its sources or its instructions ----------------------------
 
 # Noise a copy may add or drop: source markers, the "(7)" the prompt turns a source's own markers
-# into, and the "&lt;" it turns a tag's "<" into.
+# into, and the "&lt;" it turns a tag's "<" into; then everything but letters and digits.
 _COPY_NOISE = re.compile(rf"{MARKER.pattern}|[(（]\s*\d{{1,3}}\s*[)）]|&lt;")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 MIN_SENTENCE_LETTERS = 8  # shorter "sentences" ("Answer:", "Frage:") are not worth counting
-INSTRUCTION_RUN = 40  # letters in a row from the instructions that make an answer a leak (~8 words)
+# A leak of the instructions: any of their 40-letter pieces taken every 10 letters, so that a run of
+# 49 letters (about 9 words) in a row is always caught, and nothing shorter than 40 ever is.
+INSTRUCTION_PIECE, INSTRUCTION_STEP = 40, 10
 
 
 def letters(text: str) -> str:
     """The letters and digits of ``text``, NFKC and casefolded, without source markers: what a
     word-for-word copy keeps, whatever it does to spacing, punctuation, case and markers."""
-    text = unicodedata.normalize("NFKC", _COPY_NOISE.sub(" ", text)).casefold()
-    return "".join(ch for ch in text if ch.isalnum())
+    return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", _COPY_NOISE.sub(" ", text)).casefold())
 
 
 class CopyCheck:
@@ -146,8 +148,8 @@ class CopyCheck:
 
     Quoting the sentence that holds the answer is answering; an answer that holds two or more of a
     source's sentences word for word, making up at least half of its letters, echoes the source.
-    The instructions are checked for ``INSTRUCTION_RUN`` letters in a row. Both compare letters and
-    digits only; a translated copy is not caught (no model here can tell).
+    Both compare letters and digits only; a translated copy is not caught (no model here can tell).
+    Cheap enough to run on every streamed piece: substring searches, no per-letter Python loop.
     """
 
     def __init__(self, sources: Sequence[str], instructions: Sequence[str]) -> None:
@@ -155,16 +157,16 @@ class CopyCheck:
         for text in sources:
             sentences = [letters(text[s:e]) for s, e in sentence_spans(text)]
             self._sources.append(([s for s in sentences if len(s) >= MIN_SENTENCE_LETTERS], len(letters(text))))
-        self._runs = {
-            run[i : i + INSTRUCTION_RUN]
+        self._pieces = {
+            run[i : i + INSTRUCTION_PIECE]
             for run in map(letters, instructions)
-            for i in range(len(run) - INSTRUCTION_RUN + 1)
+            for i in range(0, max(len(run) - INSTRUCTION_PIECE, 0) + 1, INSTRUCTION_STEP)
         }
 
     def __call__(self, answer: str) -> str | None:
         """Why ``answer`` must not go out as it is, or None."""
         said = letters(answer)
-        if any(said[i : i + INSTRUCTION_RUN] in self._runs for i in range(len(said) - INSTRUCTION_RUN + 1)):
+        if any(piece in said for piece in self._pieces):
             return "the answer repeated the prompt's instructions"
         for number, (sentences, total) in enumerate(self._sources, 1):
             copied = [s for s in sentences if s in said]
