@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from rag.budget import FittedSources
 from rag.citations import (
+    LEAK,
     MARKER,
     CopyCheck,
     could_be_sentinel,
@@ -374,12 +375,21 @@ class AnswerStream:
         if says_not_found(text) or not has_content(strip_sentinel(text)):
             yield from self._not_found(reset="the model found no answer in the sources" if shown else None)
             return
+        text = strip_sentinel(text) if "NOT" in text else text
+        language = self._detect(text)
+        translate = (
+            config.verify_language
+            and self._verdict(text, target) == "wrong"
+            and config.on_wrong_language == "translate"
+        )
         if copied is not None:
             self._withheld.append(copied)
-            log.info("%s again; not found: %r", copied, text)
-            yield from self._not_found(reset=copied if shown else None)
-            return
-        text = strip_sentinel(text) if "NOT" in text else text
+            # a copied source may go out translated (the translator reads it as data); a copy in the
+            # target language has no other form, and a leak is one in any language
+            if not translate or copied == LEAK:
+                log.info("%s again; not found: %r", copied, text)
+                yield from self._not_found(reset=copied if shown else None)
+                return
         if (
             config.check_numbers
             and not map_citations(text, len(sources)).cited
@@ -390,12 +400,8 @@ class AnswerStream:
             log.info("answer cites no source and states numbers none of them holds; not found: %r", text)
             yield from self._not_found(reset=reason if shown else None)
             return
-        language = self._detect(text)
-        if (
-            config.verify_language
-            and self._verdict(text, target) == "wrong"
-            and config.on_wrong_language == "translate"
-        ):
+        if translate:
+            # the translator is told the text is data: a copied source's instruction is translated, not obeyed
             t1 = time.perf_counter()
             reason = f"the answer was in {language}, not {target}: translated"
             translated = yield from self._stream_translation(text, target, reset=reason if shown else None)

@@ -51,7 +51,7 @@ def map_citations(text: str, sources: int) -> MappedCitations:
         if invalid:
             removed.append(m.group(0).strip())
             log.info("answer cites %s, but %d sources were given; removed", m.group(0).strip(), sources)
-        lead = " " if m.group(0)[0].isspace() and valid else ""
+        lead = m.group(0)[0] if m.group(0)[0].isspace() and valid else ""  # a line break stays one
         return lead + "".join(f"[{n}]" for n in valid)
 
     clean = MARKER.sub(replace, text)
@@ -134,6 +134,7 @@ MIN_SENTENCE_LETTERS = 8  # shorter "sentences" ("Answer:", "Frage:") are not wo
 # A leak of the instructions: any of their 40-letter pieces taken every 10 letters, so that a run of
 # 49 letters (about 9 words) in a row is always caught, and nothing shorter than 40 ever is.
 INSTRUCTION_PIECE, INSTRUCTION_STEP = 40, 10
+LEAK = "the answer repeated the prompt's instructions"
 
 
 def letters(text: str) -> str:
@@ -167,7 +168,7 @@ class CopyCheck:
         """Why ``answer`` must not go out as it is, or None."""
         said = letters(answer)
         if any(piece in said for piece in self._pieces):
-            return "the answer repeated the prompt's instructions"
+            return LEAK
         for number, (sentences, total) in enumerate(self._sources, 1):
             copied = [s for s in sentences if s in said]
             if len(copied) >= 2 and 2 * sum(map(len, copied)) >= total:
