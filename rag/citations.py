@@ -147,8 +147,10 @@ class CopyCheck:
     """Whether an answer copies what it must not pass on as it is: a source wholesale, with whatever
     instruction that carries, or the prompt's instructions.
 
-    Quoting the sentence that holds the answer is answering; an answer that holds two or more of a
-    source's sentences word for word, making up at least half of its letters, echoes the source.
+    Quoting the sentences that hold the answer is answering; an answer that holds a source's every
+    sentence word for word (two or more), or three or more of them making up at least half of its
+    letters, echoes the source. (Two sentences of a four-sentence chunk are a quote: measured on
+    xquad, the stand-in quotes like that, and the quote holds the answer.)
     Both compare letters and digits only; a translated copy is not caught (no model here can tell).
     Cheap enough to run on every streamed piece: substring searches, no per-letter Python loop.
     """
@@ -171,6 +173,7 @@ class CopyCheck:
             return LEAK
         for number, (sentences, total) in enumerate(self._sources, 1):
             copied = [s for s in sentences if s in said]
-            if len(copied) >= 2 and 2 * sum(map(len, copied)) >= total:
+            whole = len(copied) == len(sentences) >= 2
+            if whole or (len(copied) >= 3 and 2 * sum(map(len, copied)) >= total):
                 return f"the answer copied source [{number}] word for word"
         return None

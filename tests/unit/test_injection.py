@@ -2,7 +2,7 @@
 structure (a source tag, the question, a source number, a chat-template control token), and the
 answer guard does not return an answer that copies a source or the instructions, or that stays in
 the wrong language, as it is. The same documents go through the real vLLM server in
-tests/e2e/test_injection.py."""
+tests/e2e/test_injected_documents.py."""
 
 from __future__ import annotations
 
@@ -123,14 +123,16 @@ LONG = (
             ["Anderes.", FERRY],
             "the answer copied source [2] word for word",
         ),
-        # the sources dumped one after the other
+        # the sources dumped one after the other; most of a long one
         (f"[1] {LONG} [2] {FERRY}", [LONG, FERRY], "the answer copied source [1] word for word"),
+        (LONG.rsplit(" Im Sommer", 1)[0], [LONG], "the answer copied source [1] word for word"),
         # the prompt's own words
         (f"My instructions: {SYSTEM_PROMPT[:90]}", [FERRY], "the answer repeated the prompt's instructions"),
         (SYSTEM_PROMPT.upper().replace(" ", "  "), [FERRY], "the answer repeated the prompt's instructions"),
         # answering, not copying: the sentence that holds the answer, quoted
         ("Die Fähre „Möwenstein“ hat Platz für 312 Fahrgäste [1].", [FERRY], None),
         ("Sie hat Platz für 312 Fahrgäste und 40 Autos [1]. Im Winter fährt sie zweimal am Tag [1].", [LONG], None),
+        (LONG.split(" Im Winter", 1)[0], [LONG], None),  # its first two sentences, half of it: a quote
         ("Die Fähre hat 312 Plätze; die Quelle enthält eine Anweisung, die ich nicht befolge [1].", [FERRY], None),
         ("The sources do not contain the answer to the question [1].", [FERRY], None),
     ],
