@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 from rag.budget import FittedSources
 from rag.citations import (
+    LEAK,
     MARKER,
+    CopyCheck,
     could_be_sentinel,
     has_content,
     invents_numbers,
@@ -32,7 +34,7 @@ from rag.citations import (
 )
 from rag.config import GenerationConfig
 from rag.errors import GenerationError, QueryError
-from rag.generator import Generator, Message, translation_messages
+from rag.generator import INSTRUCTIONS, Generator, Message, translation_messages
 from rag.language import LanguageIdentifier, dominant_language
 from rag.languages import not_found_message
 from rag.llm import AsyncChatStream, ChatStream, LLMClient
@@ -42,6 +44,10 @@ from rag.trace import Trace
 from rag.types import Answer, Citation, Hit
 
 log = logging.getLogger(__name__)
+
+# While an answer streams, it is checked for copies (``CopyCheck``) each time it has grown by this
+# many characters: a copy shows at most this much before it is cut, for ~1 ms per check.
+COPY_CHECK_CHARS = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,7 @@ class AnswerStream:
         self._found = True
         self._attempts = 0
         self._translated = False
+        self._withheld: list[str] = []
 
     # public: sync ---------------------------------------------------------------------------
 
@@ -311,9 +318,12 @@ class AnswerStream:
             yield from self._not_found(reset=None)
             return
         target = plan.target_language
+        sources = [source.text for source in plan.fitted.sources]
+        copies = CopyCheck(sources, INSTRUCTIONS)
         wrong: str | None = None
         text = ""
         verdict: str | None = None
+        copied: str | None = None
         shown = False
         for attempt in (1, 2):
             self._attempts = attempt
@@ -322,13 +332,17 @@ class AnswerStream:
                 "question": plan.standalone_question or plan.question, "sources": plan.fitted.sources,
                 "language": target, "wrong_language": wrong, "strict": attempt == 2,
             })  # fmt: skip
-            text, verdict, shown = "", None, False
+            text, verdict, copied, shown, checked = "", None, None, False, 0
             while True:
                 piece = yield _PULL
                 if piece is None:
                     break
                 self.trace.mark("first_token")
                 text += piece
+                if len(text) - checked >= COPY_CHECK_CHARS:
+                    checked = len(text)
+                    if (copied := copies(text)) is not None:
+                        break  # before this piece is shown; stop paying for a copy
                 if verdict is None:
                     verdict = self._early_verdict(text, target)
                     if verdict == "ok":
@@ -344,34 +358,53 @@ class AnswerStream:
                 verdict = self._verdict(text, target)
             if verdict in ("wrong", "empty") and not last:
                 wrong = self._detect(text)
+                self._withheld.append(
+                    f"the answer was in {wrong}, not {target}" if wrong else "no answer, markers alone"
+                )
                 log.info("answer started in %s, not %s; asking again", wrong, target)
+                continue
+            copied = None if says_not_found(text) else copied or copies(text)
+            if copied is not None and not last:
+                self._withheld.append(copied)
+                log.info("%s; asking again: %r", copied, text)
+                if shown:
+                    yield AnswerEvent("reset", f"{copied}; asking again")
                 continue
             break
         self.trace.record("generate", time.perf_counter() - t0)
         if self._cancelled:
             self._text = text
             return
-        if says_not_found(text) or not has_content(text):
+        if says_not_found(text) or not has_content(strip_sentinel(text)):
             yield from self._not_found(reset="the model found no answer in the sources" if shown else None)
             return
         text = strip_sentinel(text) if "NOT" in text else text
-        sources = [source.text for source in plan.fitted.sources]
+        language = self._detect(text)
+        translate = (
+            config.verify_language
+            and self._verdict(text, target) == "wrong"
+            and config.on_wrong_language == "translate"
+        )
+        if copied is not None:
+            self._withheld.append(copied)
+            # a copied source may go out translated (the translator reads it as data); a copy in the
+            # target language has no other form, and a leak is one in any language
+            if not translate or copied == LEAK:
+                log.info("%s again; not found: %r", copied, text)
+                yield from self._not_found(reset=copied if shown else None)
+                return
         if (
             config.check_numbers
             and not map_citations(text, len(sources)).cited
             and invents_numbers(text, sources, plan.standalone_question or plan.question)
         ):
+            reason = "the answer states numbers that are in none of the sources"
+            self._withheld.append(reason)
             log.info("answer cites no source and states numbers none of them holds; not found: %r", text)
-            yield from self._not_found(
-                reset="the answer states numbers that are in none of the sources" if shown else None
-            )
+            yield from self._not_found(reset=reason if shown else None)
             return
-        language = self._detect(text)
-        if (
-            config.verify_language
-            and self._verdict(text, target) == "wrong"
-            and config.on_wrong_language == "translate"
-        ):
+        if translate:
+            # the translator is told the text is data: a copied source's instruction is translated, not obeyed
             t1 = time.perf_counter()
             reason = f"the answer was in {language}, not {target}: translated"
             translated = yield from self._stream_translation(text, target, reset=reason if shown else None)
@@ -380,6 +413,12 @@ class AnswerStream:
                 self._translated = True
                 self._text = translated
                 return
+            # never the wrong-language answer as it is: it may be a source copied whole, carrying an
+            # instruction its translator then obeyed
+            reason = f"the answer was in {language}, not {target}, and its translation failed"
+            self._withheld.append(reason)
+            yield from self._not_found(reset=reason if shown else None)
+            return
         if not shown:
             yield AnswerEvent("delta", text)
         self._text = text
@@ -499,6 +538,7 @@ class AnswerStream:
             removed_markers=mapped.removed,
             language_attempts=max(self._attempts, 1),
             translated=self._translated,
+            withheld=list(self._withheld),
             usage=self.trace.usage,
             timings=timings,
             dropped_sources=plan.fitted.dropped if plan.fitted else 0,

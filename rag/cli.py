@@ -314,7 +314,7 @@ def _print_answer(stream):
     out.print()
     if answer.standalone_question:
         out.print(f"[dim]asked as: {answer.standalone_question}[/]")
-    retried = " · asked again for the language" if answer.language_attempts > 1 else ""
+    retried = f" · asked again: {answer.withheld[0]}" if answer.withheld else ""
     translated = " · translated" if answer.translated else ""
     found = "" if answer.found else " · not found in the knowledge base"
     out.print(

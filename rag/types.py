@@ -171,6 +171,10 @@ class Answer:
     removed_markers: list[str] = field(default_factory=list)  # markers citing no source, cut from text
     language_attempts: int = 1  # generations it took to get ``target_language`` (1, or 2 after a retry)
     translated: bool = False  # the LLM translated its own answer into ``target_language``
+    # Why text the LLM wrote was not returned as it was, one line per refusal: a try in the wrong
+    # language or of markers alone, a copy of a source or of the instructions, invented numbers,
+    # a translation that failed. The answer is then a retry's, or "not found".
+    withheld: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
     dropped_sources: int = 0  # retrieved chunks left out: the context budget was spent

@@ -96,8 +96,8 @@ def status_line(
             parts.append("cites " + " ".join(cited))
         else:
             parts.append("cites no source")
-        if answer.language_attempts > 1:
-            parts.append("asked again for the language")
+        if answer.withheld:  # why the model's own text did not go out (the first reason; a retry followed)
+            parts.append(f"asked again: {esc(answer.withheld[0])}")
         if answer.translated:
             parts.append("translated by the LLM")
         if answer.standalone_question and answer.standalone_question != answer.question:

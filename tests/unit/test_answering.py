@@ -23,7 +23,10 @@ from rag.metrics import Metrics
 from tests.helpers import FakeLLM, hit, sample, scrape
 
 LID = language_identifier()
-HITS = [hit("Mitarbeitende haben 30 Urlaubstage.", index=0), hit("有給休暇は年間26日です。", source="/kb/ja.md")]
+HITS = [
+    hit("Mitarbeitende haben 30 Urlaubstage. Urlaub wird im Personalportal beantragt.", index=0),
+    hit("有給休暇は年間26日です。", source="/kb/ja.md"),
+]
 DE = "Mitarbeitende haben laut der Richtlinie 30 Urlaubstage im Jahr, die sie frei planen können [1]."
 EN = "Employees get thirty days of paid leave per year according to the company policy document [1]. " * 2
 PL = "Pracownicy mają trzydzieści dni urlopu rocznie zgodnie z polityką firmy i mogą je planować [1]."
@@ -120,7 +123,9 @@ def test_answer_without_letters_is_not_a_wrong_language():
 # -- "not found" ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply", ["NOT_FOUND", "NOT_FOUND.", " not found", "NOT_FOUND [3]", "NOT", "No."])
+@pytest.mark.parametrize(
+    "reply", ["NOT_FOUND", "NOT_FOUND.", " not found", "NOT_FOUND [3]", "NOT", "No.", "NOT_FOUND\n" * 50 + "NOT"]
+)
 def test_model_says_not_found_in_the_users_language(reply):
     with FakeLLM(reply) as fake:
         s = stream(fake.url, target="th")
@@ -206,22 +211,30 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+def frame(truncated: bool = False) -> int:
+    """Words the prompt puts around a source's text (its tags)."""
+    from rag.generator import PromptSource, format_source
+
+    return words(format_source(PromptSource(1, "", truncated)))
+
+
 def test_budget_keeps_the_best_whole_chunks_and_skips_what_does_not_fit():
     hits = [hit("one two three four five.", index=0), hit("a " * 50 + "end.", index=1), hit("six seven.", index=2)]
-    fitted = fit_sources(hits, 10, words)
+    budget = 2 * frame() + 7
+    fitted = fit_sources(hits, budget, words)
     assert [h.chunk.index for h in fitted.hits] == [0, 2]
-    assert [s.number for s in fitted.sources] == [1, 2] and fitted.dropped == 1 and fitted.tokens <= 10
+    assert [s.number for s in fitted.sources] == [1, 2] and fitted.dropped == 1 and fitted.tokens <= budget
 
 
 def test_budget_cuts_a_chunk_only_at_a_sentence_end_and_says_so():
     long = "First sentence here. Second sentence is here. Third one is much longer than the others are."
-    fitted = fit_sources([hit(long)], 14, words)
+    fitted = fit_sources([hit(long)], frame(truncated=True) + 8, words)
     source = fitted.sources[0]
     assert source.truncated and source.text == "First sentence here. Second sentence is here."
     assert fitted.shown_chars == [len(source.text)]
     from rag.generator import format_source
 
-    assert "(excerpt" in format_source(source)
+    assert 'excerpt="cut to fit"' in format_source(source)
 
 
 def test_budget_never_cuts_mid_sentence():
@@ -353,11 +366,16 @@ def test_answer_opening_with_a_latin_name_is_still_thai():
     assert answer.language == "th" and answer.language_attempts == 1 and len(fake.requests) == 1
 
 
-def test_translation_in_the_wrong_language_keeps_the_answer():
-    with FakeLLM(EN, EN, PL) as fake:
+@pytest.mark.parametrize("translation", [PL, {"status": 503}], ids=["in Polish", "server error"])
+def test_answer_the_translation_cannot_fix_is_not_returned(translation):
+    """Twice in English for a German question, and the translation fails: the English answer is
+    not passed off as the answer (it may be a source copied whole, with the instruction the
+    translator obeyed); "not found", in German, says why in ``withheld``."""
+    with FakeLLM(EN, EN, translation) as fake:
         answer = stream(fake.url).answer()
-    assert answer.text == EN.strip() and not answer.translated and answer.language == "en"
-    assert len(fake.requests) == 3  # answer, strict retry, translation (in Polish: not used)
+    assert not answer.found and answer.text == not_found_message("de") and answer.language == "de"
+    assert not answer.translated and "the answer was in en, not de, and its translation failed" in answer.withheld
+    assert len(fake.requests) >= 3  # answer, strict retry, translation (retried on 503)
 
 
 def test_sentinel_is_never_shown_even_without_language_checks():

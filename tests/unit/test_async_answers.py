@@ -12,6 +12,7 @@ from rag.errors import GenerationError, QueryError
 from tests.conftest import free_port
 from tests.helpers import FakeLLM
 from tests.unit.test_answering import DE, EN, llm, stream
+from tests.unit.test_injection import ECHO, LEAK
 
 JA = "有給休暇は年間30日で、会社の規程に基づいて自由に計画できます[1]。"
 INVENTED = "Der Mount Everest ist 8848 Meter hoch und liegt im Himalaya zwischen Nepal und China."
@@ -21,19 +22,22 @@ SCENARIOS = {
     "right language": ((DE,), "de"),
     "wrong language, asked again": (({"text": EN, "delay_s": 0.01}, DE), "de"),
     "wrong twice, translated": ((EN, EN, DE), "de"),
-    "translation fails, kept": ((EN, EN, {"status": 503}), "de"),
+    "translation fails, not found": ((EN, EN, {"status": 503}), "de"),
     "model says not found": (("NOT_FOUND",), "de"),
     "invented numbers": ((INVENTED,), "de"),
     "markers alone": (("[1] [2]", "[1]"), "de"),
     "cut and resumed": (({"text": DE, "cut_after": 15}, DE), "de"),
     "japanese": ((JA,), "ja"),
+    "copied a source, asked again": ((ECHO, DE), "de"),
+    "repeated the instructions twice": ((LEAK,), "de"),
+    "repeated the sentinel until cut": (("NOT_FOUND\n" * 40 + "NOT",), "de"),
 }
 
 
 def outcome(answer, events) -> tuple:
     return (
         answer.text, answer.found, answer.language, answer.language_attempts, answer.translated,
-        answer.usage.calls, [c.cited for c in answer.citations], [(e.kind, e.text) for e in events],
+        answer.usage.calls, [c.cited for c in answer.citations], answer.withheld, [(e.kind, e.text) for e in events],
     )  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def test_unknown_model_lists_the_served_ones():
 def test_prompt_numbers_sources_and_names_the_language_twice():
     messages = build_messages("Wie viele Tage?", [PromptSource(1, "26 日"), PromptSource(2, "30 days")], language="de")
     user = messages[-1]["content"]
-    assert "[1] 26 日" in user and "[2] 30 days" in user
+    assert '<source id="1">\n26 日\n</source>' in user and '<source id="2">\n30 days\n</source>' in user
     assert "Answer in German (Deutsch). Antworte auf Deutsch." in user
     assert "Answer in German" in messages[0]["content"]
     assert "NOT_FOUND" in messages[0]["content"]

@@ -77,6 +77,8 @@ def test_status_line_names_question_and_answer_language():
     assert line.startswith("Question language: **Deutsch (de)** · answer in **Deutsch (de)**")
     assert "cites [1]" in line and "2.5 s" in line
     assert render.status_line(None, None).startswith("Question language: **?**")
+    retried = answer("14 Zeichen [1].", language_attempts=2, withheld=["the answer copied source [1] word for word"])
+    assert "asked again: the answer copied source [1] word for word" in render.status_line("de", "de", retried)
 
 
 def test_language_choices_start_with_automatic():
