@@ -136,12 +136,14 @@ def _utf16_without_bom(data: bytes) -> tuple[str, str] | None:
     the side of the byte pairs most NULs are on gives the likely byte order first (a CJK
     character such as 一, U+4E00, puts a NUL on the other side). The byte order that decodes to
     text wins: read the wrong way round a newline is U+0A00, unassigned, and binary data decodes
-    to controls, unassigned or private code points, which no text has."""
+    to controls, unassigned or private code points, which no text has. As many NULs on both
+    sides is binary: b"\x00\x01\x02binary\x00" would decode to a Latin letter, CJK and "y"."""
     if len(data) % 2:
         return None
-    codecs_ = ("utf-16-le", "utf-16-be")
-    if data[0::2].count(0) > data[1::2].count(0):
-        codecs_ = codecs_[::-1]
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if even == odd:
+        return None
+    codecs_ = ("utf-16-be", "utf-16-le") if even > odd else ("utf-16-le", "utf-16-be")
     for codec in codecs_:
         try:
             text = data.decode(codec)

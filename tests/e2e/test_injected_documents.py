@@ -36,6 +36,8 @@ PROMPT_WINDOWS = {" ".join(_WORDS[i : i + 6]) for i in range(len(_WORDS) - 5)}
 def pipeline(served, monkeypatch_module, tmp_path_factory):
     for name, value in served.items():
         monkeypatch_module.setenv(name, value)
+    # a store of its own: the handbook store is shared by the e2e modules that list its collections
+    monkeypatch_module.setenv("BABELRAG_STORE_PATH", str(tmp_path_factory.mktemp("injection-store")))
     folder = tmp_path_factory.mktemp("injection")
     for case in CASES:
         (folder / f"{case['id']}.txt").write_text(case["document"] + "\n", encoding="utf-8")

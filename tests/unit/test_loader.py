@@ -161,6 +161,8 @@ def test_utf16_without_byte_order_mark_is_decoded(tmp_path, lang, codec):
         ("controls.md", bytes(range(1, 9)) * 500 + b"text", "control bytes"),
         # int16 samples, little-endian: NULs on one side, like UTF-16, but they decode to controls
         ("samples.txt", b"".join(n.to_bytes(2, "little") for n in range(1, 32)) * 100, "NUL bytes"),
+        # as many NULs on both sides: read as UTF-16 it would be "Ā" + three CJK characters + "y"
+        ("short.txt", b"\x00\x01\x02binary\x00", "NUL bytes"),
     ],
 )
 def test_binary_content_with_a_text_extension_is_refused(tmp_path, name, data, found):
