@@ -7,6 +7,7 @@ started by `babelrag llm serve --config configs/cpu-small.yaml --detach`) while 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -33,11 +34,29 @@ def served(tmp_path_factory):
     started = run("llm", "serve", "--detach", "--port", str(port), "--config", CONFIG, env=env, timeout=960)
     assert started.returncode == 0, started.stderr
     assert f"BABELRAG_LLM_BASE_URL=http://127.0.0.1:{port}/v1" in started.stdout
+
+    def stop() -> None:
+        stopped = run("llm", "stop", "--port", str(port), "--config", CONFIG, env=env)
+        assert f"stopped vLLM on port {port}" in stopped.stdout
+
+    _STOPS.append(stop)
     try:
         yield ingest_handbook(env)
     finally:
-        stopped = run("llm", "stop", "--port", str(port), "--config", CONFIG, env=env)
-        assert f"stopped vLLM on port {port}" in stopped.stdout
+        if stop in _STOPS:
+            _STOPS.remove(stop)
+            stop()
+
+
+# tests/ has no __init__.py, so pytest runs a "package" fixture as a session one: the vLLM server
+# (~4.5 GB) would live on through every integration and unit test. It stops after the last e2e test.
+_STOPS: list = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _STOPS and (nextitem is None or Path(__file__).parent not in Path(nextitem.path).parents):
+        _STOPS.pop()()
 
 
 def ingest_handbook(env: dict[str, str]) -> dict[str, str]:
