@@ -106,6 +106,10 @@ class Centroids:
     def __init__(self, means: dict[str | None, np.ndarray], overall: np.ndarray) -> None:
         self.means = means
         self.overall = overall
+        # one matrix, the overall mean last (for languages without a centroid), built once: each
+        # query centres ~100 candidates, and stacking their rows anew cost more than the centring
+        self._row = {lang: i for i, lang in enumerate(means)}
+        self._shifts = np.stack([*means.values(), overall]) if len(overall) else overall
 
     @classmethod
     def none(cls) -> Centroids:
@@ -130,6 +134,6 @@ class Centroids:
         """Unit vectors with each row's language centroid subtracted."""
         if not len(self.overall) or not len(vectors):
             return vectors
-        shift = np.stack([self.means.get(lang, self.overall) for lang in languages])
-        out = vectors - shift
+        other = len(self._row)
+        out = vectors - self._shifts[[self._row.get(lang, other) for lang in languages]]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

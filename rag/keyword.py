@@ -306,7 +306,7 @@ def tokenize(text: str, language: str | None = None) -> list[str]:
 
 # -- the index ---------------------------------------------------------------------------
 
-_FORMAT = 2  # of the folder: schema and babelrag.json; another format is rebuilt
+_FORMAT = 3  # of the folder: schema and babelrag.json; another format is rebuilt (3: "lang" stored)
 _META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
@@ -319,7 +319,8 @@ def _schema():
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
     builder.add_text_field("source", tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("lang", tokenizer_name="raw", index_option="basic")
+    # stored: a query's dense candidates take their languages from here, not from Chroma's metadata
+    builder.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
     # tokenize() has made the terms: joined by spaces, split on them again, nothing else done
     builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
     return builder.build()
@@ -421,6 +422,22 @@ class KeywordIndex:
         searcher = self._index.searcher()
         hits = searcher.search(found, top_k, count=False).hits
         return [(searcher.doc(address)["id"][0], float(score)) for score, address in hits]
+
+    def languages(self, ids: Collection[str]) -> dict[str, str | None]:
+        """The language of each of ``ids`` that the index holds (None: a chunk without one);
+        ids it does not hold are left out."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        tantivy = _tantivy()
+        searcher = self._index.searcher()
+        found = searcher.search(tantivy.Query.term_set_query(self._schema, "id", wanted), len(wanted), count=False)
+        out: dict[str, str | None] = {}
+        for _, address in found.hits:
+            doc = searcher.doc(address)
+            lang = doc["lang"][0]
+            out[doc["id"][0]] = None if lang == _NO_LANGUAGE else lang
+        return out
 
     def ideal_score(self, query: str, language: str | None) -> float:
         """The BM25 score of an average-length chunk that holds each query term once: the sum of
@@ -567,6 +584,11 @@ class KeywordIndexes:
             self._open[collection] = index
             self._applied[collection] = version
         return index
+
+    def reflects(self, collection: str, version: str) -> bool:
+        """Whether this process's index of ``collection`` is caught up with store version ``version``."""
+        with self._lock:
+            return self._applied.get(collection) == version
 
     def forget(self, collection: str) -> None:
         with self._lock:

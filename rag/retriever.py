@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -16,7 +16,7 @@ import numpy as np
 from rag.centroids import Centroids, VectorSums
 from rag.config import RetrievalConfig
 from rag.embedder import Embedder
-from rag.keyword import KeywordIndexes
+from rag.keyword import KeywordIndex, KeywordIndexes
 from rag.store import VectorStore, Where
 from rag.trace import substage
 from rag.types import Chunk, Hit
@@ -151,11 +151,14 @@ class DenseRetriever:
         where: Where | None = None,
         languages: Sequence[str | None] | None = None,
     ) -> list[list[Hit]]:
-        return [
-            hits[:top_k] for hits in self.candidates(queries, collection, top_k=top_k, where=where, languages=languages)
-        ]
+        if not queries:
+            return []
+        if not self.config.centring and not self.config.own_language_bonus:
+            return self.store.query(collection, self.embed(queries), top_k=top_k, where=where)
+        ranked = self.ranked(queries, collection, top_k=top_k, where=where, languages=languages)
+        return shown(self.store, collection, lambda gone: [_first(r, top_k, gone) for r in ranked])
 
-    def candidates(
+    def ranked(
         self,
         queries: Sequence[str],
         collection: str,
@@ -163,32 +166,43 @@ class DenseRetriever:
         top_k: int,
         where: Where | None = None,
         languages: Sequence[str | None] | None = None,
-    ) -> list[list[Hit]]:
-        """Every chunk the store returned for each query (``centring_depth`` with centring, else
-        ``top_k``), best first by the final dense score: ``retrieve`` keeps the first ``top_k``."""
+        chunk_languages: ChunkLanguages | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """(chunk id, final dense score) of every chunk the store returned for each query
+        (``centring_depth`` with centring, else ``top_k``), best first. Ranked by ids and
+        vectors alone: texts and metadata are read for the few shown (``shown``), the chunks'
+        languages from ``chunk_languages`` (default: the store's metadata). A chunk gone from
+        the store meanwhile (its language not found) is left out."""
         if not queries:
             return []
         vectors = self.embed(queries)
         langs = list(languages) if languages is not None else [None] * len(queries)
         bonus = self.config.own_language_bonus
         if not self.config.centring and not bonus:
-            return self.store.query(collection, vectors, top_k=top_k, where=where)
+            return [
+                list(zip(n.ids, n.scores)) for n in self.store.nearest(collection, vectors, top_k=top_k, where=where)
+            ]
         depth = max(top_k, self.config.centring_depth)
-        found = self.store.query_with_vectors(collection, vectors, top_k=depth, where=where)
+        found = self.store.nearest(collection, vectors, top_k=depth, where=where, vectors=True)
+        ids = sorted({cid for n in found for cid in n.ids})
+        lookup = chunk_languages or (lambda ids: self.store.languages(collection, ids))
+        language_of = lookup(ids) if ids else {}
         centroids = self.centroids(collection) if self.config.centring else Centroids.none()
         queries_c = centroids.centre(vectors, langs)
-        out = []
-        for q, lang, (hits, chunk_vectors) in zip(queries_c, langs, found, strict=True):
-            if not hits:
+        out: list[list[tuple[str, float]]] = []
+        for q, lang, n in zip(queries_c, langs, found, strict=True):
+            rows = [i for i, cid in enumerate(n.ids) if cid in language_of]
+            if not rows:
                 out.append([])
                 continue
-            scores = centroids.centre(chunk_vectors, [h.chunk.language for h in hits]) @ q
+            kept = [n.ids[i] for i in rows]
+            chunk_vectors = n.vectors if len(rows) == len(n.ids) else n.vectors[rows]
+            chunk_langs = [language_of[cid] for cid in kept]
+            scores = centroids.centre(chunk_vectors, chunk_langs) @ q
             if bonus and lang is not None:
-                scores = scores + bonus * np.array([h.chunk.language == lang for h in hits])
+                scores = scores + bonus * np.array([chunk_lang == lang for chunk_lang in chunk_langs])
             order = np.argsort(-scores, kind="stable")
-            out.append(
-                [Hit(chunk=hits[i].chunk, score=float(scores[i]), retrieval_score=float(scores[i])) for i in order]
-            )
+            out.append([(kept[i], float(scores[i])) for i in order])
         return out
 
 
@@ -212,13 +226,13 @@ class HybridRetriever:
         self.store = store
         self.config = config
         self.keyword = KeywordIndexes(store, index_dir)
-        self._fetcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keyword-fetch")
+        self._filter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keyword-filter")
 
     def refresh(self, collection: str) -> None:
         self.dense.refresh(collection)
         self.keyword.refresh(collection)
 
-    def keyword_index(self, collection: str):
+    def keyword_index(self, collection: str) -> KeywordIndex:
         return self.keyword.get(collection, self.dense.watch(collection))
 
     def retrieve(
@@ -233,7 +247,8 @@ class HybridRetriever:
         if not queries:
             return []
         cfg = self.config
-        index = self.keyword_index(collection)
+        version = self.dense.watch(collection)
+        index = self.keyword.get(collection, version)
         filter_languages, other_filter = _language_filter(where)
         # a filter the index cannot apply: take more keyword hits, keep those the store says match
         depth = top_k if other_filter is None else max(5 * top_k, 100)
@@ -254,46 +269,88 @@ class HybridRetriever:
             # share of the query matched, in [0, 1]: one common word shared is a small lift
             keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
 
-        def fetch() -> tuple[list[list[tuple[str, float]]], dict[str, Chunk]]:
-            hits = keyword
-            if other_filter is not None:
-                ids = sorted({cid for kw in hits for cid, _ in kw})
-                passing = self.store.filter_ids(collection, ids, other_filter) if ids else set()
-                hits = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in hits]
-            ids = sorted({cid for kw in hits for cid, _ in kw})
-            return hits, ({c.id: c for c in self.store.get(collection, ids)} if ids else {})
+        filtering = None
+        if other_filter is not None:
+            # which keyword hits pass the filter is asked while the query is embedded and searched
+            # (two store calls at once: Chroma's client releases the GIL), not after
+            ids = sorted({cid for kw in keyword for cid, _ in kw})
+            filtering = self._filter.submit(
+                lambda: self.store.filter_ids(collection, ids, other_filter) if ids else set()
+            )
 
-        # the keyword hits' chunks are read while the query is embedded and searched (two store
-        # calls at once: Chroma's client releases the GIL), not after
-        fetching = self._fetcher.submit(fetch)
-        pool = self.dense.candidates(queries, collection, top_k=top_k, where=where, languages=languages)
-        keyword, fetched = fetching.result()
-        dense = [hits[:top_k] for hits in pool]
-        return [self._fuse(d, k, fetched, top_k) for d, k in zip(dense, keyword, strict=True)]
+        # The candidates' languages (for centring) from the keyword index, where it reflects the
+        # version this query reads: Chroma's metadata costs more than the rest of the query. Ids it
+        # lacks (a file still being written) are looked up in the store.
+        current = self.keyword.reflects(collection, version)
+
+        def chunk_languages(ids: Sequence[str]) -> dict[str, str | None]:
+            found = index.languages(ids) if current else {}
+            missing = [cid for cid in ids if cid not in found]
+            return found | self.store.languages(collection, missing) if missing else found
+
+        pool = self.dense.ranked(
+            queries, collection, top_k=top_k, where=where, languages=languages, chunk_languages=chunk_languages
+        )
+        if filtering is not None:
+            passing = filtering.result()
+            keyword = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in keyword]
+        return shown(
+            self.store, collection,
+            lambda gone: [self._fuse(_first(d, top_k, gone), k, gone, top_k) for d, k in zip(pool, keyword, strict=True)],
+        )  # fmt: skip
 
     def _fuse(
-        self, dense: list[Hit], keyword: list[tuple[str, float]], fetched: dict[str, Chunk], top_k: int
-    ) -> list[Hit]:
+        self, dense: list[tuple[str, float]], keyword: list[tuple[str, float]], gone: Collection[str], top_k: int
+    ) -> list[tuple[str, float]]:
+        """The best ``top_k`` (chunk id, fused score) of the dense top ``top_k`` and the keyword
+        hits; keyword hits in ``gone`` (deleted from the store) count for rank only."""
         cfg = self.config
-        chunks = {h.chunk.id: h.chunk for h in dense}
-        chunks.update({cid: fetched[cid] for cid, _ in keyword if cid in fetched and cid not in chunks})
+        candidates = dict.fromkeys(cid for cid, _ in dense)
+        candidates.update(dict.fromkeys(cid for cid, _ in keyword if cid not in gone))
         scores: dict[str, float] = {}
         if cfg.fusion == "rrf":
-            for rank, h in enumerate(dense, 1):
-                scores[h.chunk.id] = 1 / (cfg.rrf_k + rank)
+            for rank, (cid, _) in enumerate(dense, 1):
+                scores[cid] = 1 / (cfg.rrf_k + rank)
             for rank, (cid, _) in enumerate(keyword, 1):
-                if cid in chunks:
+                if cid in candidates:
                     scores[cid] = scores.get(cid, 0.0) + cfg.keyword_weight / (cfg.rrf_k + rank)
         else:
-            cosine = {h.chunk.id: h.retrieval_score for h in dense}
+            cosine = dict(dense)
             floor = min(cosine.values(), default=0.0)  # a keyword-only chunk is no better than the last dense one
-            for cid in chunks:
+            for cid in candidates:
                 scores[cid] = cosine.get(cid, floor)
             for cid, matched in keyword:
-                if cid in chunks:
+                if cid in candidates:
                     scores[cid] += cfg.keyword_weight * matched
         ranked = sorted(scores, key=lambda cid: scores[cid], reverse=True)[:top_k]
-        return [Hit(chunk=chunks[cid], score=scores[cid], retrieval_score=scores[cid]) for cid in ranked]
+        return [(cid, scores[cid]) for cid in ranked]
+
+
+ChunkLanguages = Callable[[Sequence[str]], dict[str, str | None]]
+
+
+def _first(ranked: list[tuple[str, float]], top_k: int, gone: Collection[str]) -> list[tuple[str, float]]:
+    return [(cid, score) for cid, score in ranked if cid not in gone][:top_k] if gone else ranked[:top_k]
+
+
+def shown(
+    store: VectorStore, collection: str, rank: Callable[[set[str]], list[list[tuple[str, float]]]]
+) -> list[list[Hit]]:
+    """Hits of the ids that ``rank`` puts first for each query, their chunks read in one store
+    call. ``rank(gone)`` ranks without the ids in ``gone``: an id the store no longer has
+    (deleted since it was searched) is ranked away and the new ones read, as often as that happens."""
+    gone: set[str] = set()
+    chunks: dict[str, Chunk] = {}
+    while True:
+        ranked = rank(gone)
+        wanted = sorted({cid for r in ranked for cid, _ in r} - chunks.keys())
+        if wanted:
+            chunks.update((c.id, c) for c in store.get(collection, wanted))
+            missing = {cid for cid in wanted if cid not in chunks}
+            if missing:
+                gone |= missing
+                continue
+        return [[Hit(chunk=chunks[cid], score=score, retrieval_score=score) for cid, score in r] for r in ranked]
 
 
 def _language_filter(where: Where | None) -> tuple[set[str] | None, Where | None]:

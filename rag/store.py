@@ -111,6 +111,15 @@ class CollectionState:
         return replace(self, version=self.version + 1, documents=self.documents + documents, sums=sums)
 
 
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """One query's nearest chunks by id, best first, without their texts or metadata."""
+
+    ids: list[str]
+    scores: list[float]  # cosine similarity
+    vectors: np.ndarray  # the stored vector of each id, one row each; no columns when not asked for
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     @property
@@ -179,6 +188,19 @@ class VectorStore(Protocol):
         self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None
     ) -> list[tuple[list[Hit], np.ndarray]]:
         """``query``, plus the stored vector of each hit (one row per hit)."""
+        ...
+
+    def nearest(
+        self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None, vectors: bool = False
+    ) -> list[Neighbours]:
+        """The ids of the best ``top_k`` chunks for each row of ``embeddings``, with their scores
+        and, with ``vectors``, their stored vectors: ``query`` without texts and metadata, which
+        cost most of a query (Chroma keeps each metadata key as a row), for ranking candidates
+        of which only a few are shown."""
+        ...
+
+    def languages(self, name: str, ids: Sequence[str]) -> dict[str, str | None]:
+        """The language of each of ``ids`` found (None: the chunk has none); unknown ids are left out."""
         ...
 
     def vectors(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[str | None], np.ndarray]:
@@ -645,9 +667,7 @@ class ChromaStore:
     def _query(
         self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None, vectors: bool
     ) -> list[tuple[list[Hit], np.ndarray]]:
-        queries = np.asarray(embeddings, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries.reshape(1, -1)
+        queries = _query_rows(embeddings)
         if not len(queries):
             return []
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if vectors else [])
@@ -675,6 +695,45 @@ class ChromaStore:
                 found = np.asarray([embeddings[r] for r in rows], dtype=np.float32).reshape(len(hits), -1)
             out.append((hits, found))
         return out
+
+    @_guarded
+    def nearest(
+        self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None, vectors: bool = False
+    ) -> list[Neighbours]:
+        queries = _query_rows(embeddings)
+        if not len(queries):
+            return []
+        include = ["distances", "embeddings"] if vectors else ["distances"]
+        try:
+            result = self._call(
+                name, "query", query_embeddings=queries, n_results=top_k, where=dict(where) if where else None,
+                include=include,
+            )  # fmt: skip
+        except ValueError as e:
+            raise StoreError(f"query on collection {name!r} failed: {e}") from e
+        out = []
+        for n, (ids, distances) in enumerate(zip(result["ids"], result["distances"], strict=True)):
+            scores = [1.0 - float(d) for d in distances]  # cosine distance -> cosine similarity
+            found = np.empty((len(ids), 0), dtype=np.float32)
+            if vectors:
+                rows = result["embeddings"][n]
+                # a record deleted between the index search and the read of its vector has none
+                kept = [i for i, row in enumerate(rows) if row is not None]
+                if len(kept) < len(ids):
+                    ids, scores, rows = [ids[i] for i in kept], [scores[i] for i in kept], [rows[i] for i in kept]
+                found = np.asarray(rows, dtype=np.float32).reshape(len(ids), queries.shape[1])
+            out.append(Neighbours(ids=list(ids), scores=scores, vectors=found))
+        return out
+
+    @_guarded
+    def languages(self, name: str, ids: Sequence[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        for page in self._pages(list(ids)):
+            got = self._call(name, "get", ids=list(page), include=["metadatas"])
+            found.update(
+                (id_, (meta or {}).get("language")) for id_, meta in zip(got["ids"], got["metadatas"], strict=True)
+            )
+        return found
 
     @_guarded
     def vectors(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[str | None], np.ndarray]:
@@ -735,6 +794,12 @@ class ChromaStore:
 
 
 _ENTRIES = {"kind": {"$nin": ["sums", "state"]}}  # entries; those written before kinds existed have none
+
+
+def _query_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Query vectors as float32 rows (one vector is one row)."""
+    queries = np.asarray(embeddings, dtype=np.float32)
+    return queries.reshape(1, -1) if queries.ndim == 1 else queries
 
 
 def _batch(records: Sequence[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:

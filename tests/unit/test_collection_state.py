@@ -364,3 +364,32 @@ def test_a_dead_chroma_server_the_holder_announced_is_named_in_the_error(store):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.startswith(f"cannot open Chroma server {url}:"), out.stdout + out.stderr
+
+
+def test_keyword_index_of_an_older_format_is_rebuilt_with_chunk_languages(store, tmp_path):
+    import tantivy
+
+    import rag.keyword
+
+    write_documents(store, "kb1", [document("/kb/de.txt", "de", 2, seed=1), document("/kb/th.txt", "th", 2, seed=2)])
+    indexes = KeywordIndexes(store, tmp_path / "index")
+    folder = indexes.folder("kb1")
+    folder.mkdir(parents=True)
+    # what format 2 left: the same fields, "lang" not stored, and the current store version
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("source", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("lang", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
+    old = tantivy.Index(builder.build(), path=str(folder))
+    writer = old.writer(15_000_000, 1)
+    writer.add_document(tantivy.Document(id="/kb/de.txt#1-0", source="/kb/de.txt", lang="de", body="zug"))
+    writer.commit()
+    writer.wait_merging_threads()
+    collection_id, seq = rag.keyword._parse_version(store.version("kb1"))
+    (folder / "babelrag.json").write_text(json.dumps({"format": 2, "collection_id": collection_id, "version": seq}))
+
+    index = indexes.refresh("kb1")
+    ids = [f"/kb/de.txt#1-{i}" for i in range(2)] + [f"/kb/th.txt#2-{i}" for i in range(2)]
+    assert len(index) == 4 and index.languages(ids) == dict.fromkeys(ids[:2], "de") | dict.fromkeys(ids[2:], "th")
+    assert json.loads((folder / "babelrag.json").read_text())["format"] == rag.keyword._FORMAT

@@ -233,3 +233,19 @@ def test_a_broken_folder_says_what_to_do(tmp_path):
     (tmp_path / "meta.json").write_text("{not json", "utf-8")
     with pytest.raises(StoreError, match="delete that folder"):
         KeywordIndex.open(tmp_path)
+
+
+def test_languages_of_chunk_ids_come_from_the_index(index):
+    asked = ["fact-de", "filler-zh", "fact-ar", "no-such-chunk"]
+    assert index.languages(asked) == {"fact-de": "de", "filler-zh": "zh", "fact-ar": "ar"}
+    assert index.languages([]) == {}
+
+
+def test_languages_follow_writes_and_keep_chunks_without_a_language(tmp_path):
+    index = KeywordIndex.build(tmp_path / "kw", ["a#0", "b#0"], ["Eiffelturm Paris", "gear broken"], ["de", None],
+                               sources=["a", "b"])  # fmt: skip
+    assert index.languages(["a#0", "b#0"]) == {"a#0": "de", "b#0": None}
+    with index.writing() as writer:
+        writer.delete_sources(["a"])
+        writer.add(["a#1"], ["Torre Eiffel"], ["es"], ["a"])
+    assert index.languages(["a#0", "a#1", "b#0"]) == {"a#1": "es", "b#0": None}

@@ -1,0 +1,263 @@
+"""The first stage ranks its candidates by ids and vectors alone (issue 13): languages from the
+keyword index, Chroma's texts and metadata read for the shown hits only. Its results must be
+those of the full-metadata path it replaced, to the last bit of every score: ``reference`` below
+is that path (Chroma's top ``centring_depth`` with texts, metadata and vectors, fused with the
+keyword hits' chunks), run against the same store, index and centroids.
+
+A real embedded Chroma and tantivy index; random vectors, text drawn from small vocabularies so
+that keyword hits within and across languages are common; no model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ingestion.job import write_documents
+from rag.centroids import Centroids
+from rag.config import RetrievalConfig, StoreConfig
+from rag.retriever import DenseRetriever, HybridRetriever
+from rag.store import ChromaStore, ManifestEntry
+from rag.types import Chunk, Hit
+
+DIM = 16
+WORDS = {
+    "en": "train station ticket platform delay engine river bridge castle museum",
+    "de": "Zug Bahnhof Fahrkarte Gleis Verspätung Motor Fluss Brücke Burg Museum",
+    "ru": "поезд вокзал билет платформа задержка двигатель река мост замок музей",
+    "zh": "火车 车站 车票 站台 延误 发动机 河流 桥梁 城堡 博物馆",
+    "th": "รถไฟ สถานี ตั๋ว ชานชาลา ล่าช้า เครื่องยนต์ แม่น้ำ สะพาน ปราสาท พิพิธภัณฑ์",
+    "ar": "قطار محطة تذكرة رصيف تأخير محرك نهر جسر قلعة متحف",
+}
+SHARED = ["E-7731", "Zaunkönig", "2024", "Leeds"]  # names and numbers match across languages
+LANGUAGES = list(WORDS)
+
+
+def text(rng: np.random.Generator, language: str) -> str:
+    words = WORDS[language].split()
+    picked = [words[i] for i in rng.integers(0, len(words), size=4)]
+    if rng.random() < 0.3:
+        picked.append(SHARED[int(rng.integers(0, len(SHARED)))])
+    return " ".join(picked)
+
+
+def documents(rng: np.random.Generator, n_documents: int, per_document: int, prefix: str = "/kb", status="done"):
+    out = []
+    for d in range(n_documents):
+        language = LANGUAGES[d % len(LANGUAGES)]
+        source = f"{prefix}/{language}/{d}.txt"
+        chunks = []
+        for i in range(per_document):
+            body = text(rng, language)
+            # every 17th document has chunks without a language (old ingestions, undetectable text)
+            chunks.append(Chunk(id=f"{source}#{i}", text=body, source=source, index=i, start=0, end=len(body),
+                                language=None if d % 17 == 5 else language, doc_hash=source))  # fmt: skip
+        vectors = rng.standard_normal((per_document, DIM)).astype(np.float32)
+        vectors += 0.8 * np.eye(DIM, dtype=np.float32)[LANGUAGES.index(language)]  # a region per language
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        out.append(
+            (ManifestEntry(source, source, tuple(c.id for c in chunks), status, language=language), chunks, vectors)
+        )
+    return out
+
+
+class HashEmbedder:
+    """A fixed random unit vector per query text."""
+
+    def embed_queries(self, texts):
+        rows = []
+        for t in texts:
+            v = np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(DIM).astype(np.float32)
+            rows.append(v / np.linalg.norm(v))
+        return np.stack(rows)
+
+
+QUERIES = [(text(np.random.default_rng(100 + i), LANGUAGES[i % 6]), LANGUAGES[i % 6]) for i in range(24)] + [
+    ("Was bedeutet E-7731?", "de"),
+    ("Zaunkönig", None),  # unknown language: dense only
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ChromaStore(StoreConfig(path=tmp_path / "chroma"))
+    store.ensure_collection("kb1", fingerprint={"embedding_model": "random", "dimension": DIM})
+    write_documents(store, "kb1", documents(np.random.default_rng(0), 60, 20))  # 1,200 chunks
+    yield store
+    store.close()
+
+
+def retrievers(store, tmp_path, **config) -> tuple[HybridRetriever, DenseRetriever]:
+    settings = RetrievalConfig(index_recheck_s=0, **config)
+    hybrid = HybridRetriever(DenseRetriever(HashEmbedder(), store, config=settings), store, settings,
+                             index_dir=tmp_path / "index")  # fmt: skip
+    dense = DenseRetriever(HashEmbedder(), store, config=settings.model_copy(update={"mode": "dense"}))
+    return hybrid, dense
+
+
+def reference_dense(dense: DenseRetriever, collection: str, queries, languages, *, top_k: int) -> list[list[Hit]]:
+    """The dense first stage before issue 13: the top centring_depth with texts, metadata and
+    vectors, re-scored (``retrieve`` kept the first top_k, the hybrid stage fused them)."""
+    cfg = dense.config
+    vectors = dense.embed(queries)
+    if not cfg.centring and not cfg.own_language_bonus:
+        return dense.store.query(collection, vectors, top_k=top_k)
+    found = dense.store.query_with_vectors(collection, vectors, top_k=max(top_k, cfg.centring_depth))
+    centroids = dense.centroids(collection) if cfg.centring else Centroids.none()
+    out = []
+    for q, lang, (hits, chunk_vectors) in zip(centroids.centre(vectors, languages), languages, found, strict=True):
+        scores = centroids.centre(chunk_vectors, [h.chunk.language for h in hits]) @ q
+        if cfg.own_language_bonus and lang is not None:
+            scores = scores + cfg.own_language_bonus * np.array([h.chunk.language == lang for h in hits])
+        order = np.argsort(-scores, kind="stable")
+        out.append([Hit(chunk=hits[i].chunk, score=float(scores[i]), retrieval_score=float(scores[i])) for i in order])
+    return out
+
+
+def reference(hybrid: HybridRetriever, collection: str, queries, languages, *, top_k: int) -> list[list[Hit]]:
+    """The hybrid first stage before issue 13: keyword hits' chunks read whole, fused with the above."""
+    cfg = hybrid.config
+    index = hybrid.keyword_index(collection)
+    results = []
+    pools = reference_dense(hybrid.dense, collection, queries, languages, top_k=top_k)
+    for query, language, pool in zip(queries, languages, pools, strict=True):
+        allowed = None if cfg.keyword_scope == "all" else [language] if language is not None else []
+        keyword: list[tuple[str, float]] = []
+        if allowed is None or allowed:
+            found = index.search(query, language=language, top_k=top_k, languages=allowed)
+            ideal = index.ideal_score(query, language)
+            keyword = [(cid, min(s / ideal, 1.0)) for cid, s in found] if ideal > 0 else []
+        fetched = {c.id: c for c in hybrid.store.get(collection, [cid for cid, _ in keyword])}
+        dense = pool[:top_k]
+        chunks = {h.chunk.id: h.chunk for h in dense}
+        chunks.update({cid: fetched[cid] for cid, _ in keyword if cid in fetched and cid not in chunks})
+        scores: dict[str, float] = {}
+        if cfg.fusion == "rrf":
+            for rank, h in enumerate(dense, 1):
+                scores[h.chunk.id] = 1 / (cfg.rrf_k + rank)
+            for rank, (cid, _) in enumerate(keyword, 1):
+                if cid in chunks:
+                    scores[cid] = scores.get(cid, 0.0) + cfg.keyword_weight / (cfg.rrf_k + rank)
+        else:
+            cosine = {h.chunk.id: h.retrieval_score for h in dense}
+            floor = min(cosine.values(), default=0.0)
+            for cid in chunks:
+                scores[cid] = cosine.get(cid, floor)
+            for cid, matched in keyword:
+                if cid in chunks:
+                    scores[cid] += cfg.keyword_weight * matched
+        ranked = sorted(scores, key=lambda cid: scores[cid], reverse=True)[:top_k]
+        results.append([Hit(chunk=chunks[cid], score=scores[cid], retrieval_score=scores[cid]) for cid in ranked])
+    return results
+
+
+def assert_identical(got: list[list[Hit]], want: list[list[Hit]]) -> None:
+    assert [[(h.chunk, h.score, h.retrieval_score) for h in hits] for hits in got] == [
+        [(h.chunk, h.score, h.retrieval_score) for h in hits] for hits in want
+    ]
+
+
+def run(retriever, top_k: int = 20):
+    return retriever.retrieve([q for q, _ in QUERIES], "kb1", top_k=top_k, languages=[lang for _, lang in QUERIES])
+
+
+def expected(hybrid, top_k: int = 20):
+    return reference(hybrid, "kb1", [q for q, _ in QUERIES], [lang for _, lang in QUERIES], top_k=top_k)
+
+
+class Calls:
+    """Counts the store calls a retrieval makes, and the ids each read asked for."""
+
+    def __init__(self, store, monkeypatch) -> None:
+        self.languages: list[list[str]] = []
+        self.gets: list[list[str]] = []
+        real_languages, real_get = store.languages, store.get
+        monkeypatch.setattr(
+            store, "languages", lambda name, ids: self.languages.append(list(ids)) or real_languages(name, ids)
+        )
+        monkeypatch.setattr(store, "get", lambda name, ids: self.gets.append(list(ids)) or real_get(name, ids))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"fusion": "rrf"}, {"keyword_scope": "all"}, {"own_language_bonus": 0.2}, {"centring": False, "own_language_bonus": 0.1},
+     {"centring": False}, {"centring_depth": 30, "keyword_weight": 0.5}],
+    ids=["default", "rrf", "scope-all", "bonus", "bonus-only", "no-centring", "shallow"],
+)  # fmt: skip
+def test_results_are_identical_to_the_full_metadata_path(store, tmp_path, monkeypatch, config):
+    hybrid, dense = retrievers(store, tmp_path, **config)
+    hybrid.refresh("kb1")
+    want = expected(hybrid)
+    calls = Calls(store, monkeypatch)
+    got = run(hybrid)
+    assert all(len(hits) == 20 for hits in got)
+    assert_identical(got, want)
+    # the lean path: no metadata read for languages, one read of the shown chunks
+    assert calls.languages == [] and len(calls.gets) == 1
+    assert set(calls.gets[0]) == {h.chunk.id for hits in got for h in hits}
+    assert_identical(
+        dense.retrieve([q for q, _ in QUERIES], "kb1", top_k=20, languages=[lang for _, lang in QUERIES]),
+        [
+            hits[:20]
+            for hits in reference_dense(dense, "kb1", [q for q, _ in QUERIES], [lang for _, lang in QUERIES], top_k=20)
+        ],
+    )
+
+
+def test_chunks_the_keyword_index_lacks_take_their_language_from_the_store(store, tmp_path, monkeypatch):
+    hybrid, _ = retrievers(store, tmp_path)
+    hybrid.refresh("kb1")
+    # a file being written: its chunks are in Chroma, its manifest entry is not done, so the
+    # index (caught up with the store's version) does not have them; they sit next to the queries
+    rng = np.random.default_rng(7)
+    queries = hybrid.dense.embed([q for q, _ in QUERIES])
+    (_, chunks, _), = documents(rng, 1, len(QUERIES), prefix="/writing", status="writing")  # fmt: skip
+    chunks = [replace(c, language=lang or "de") for c, (_, lang) in zip(chunks, QUERIES, strict=True)]
+    store.upsert("kb1", chunks, queries + 0.01)
+    assert hybrid.keyword.reflects("kb1", store.version("kb1"))
+    calls = Calls(store, monkeypatch)
+    got = run(hybrid)
+    assert_identical(got, expected(hybrid))
+    assert calls.languages and set(calls.languages[0]) <= {c.id for c in chunks}
+    assert {c.id for c in chunks} <= {h.chunk.id for hits in got for h in hits}
+
+
+def test_an_index_behind_the_store_is_not_asked_for_languages(store, tmp_path, monkeypatch):
+    hybrid, _ = retrievers(store, tmp_path)
+    hybrid.refresh("kb1")
+    # a file rewritten with the same chunk ids in another language (another process wrote it:
+    # this process's index learns of it in the background)
+    (entry, chunks, vectors), = documents(np.random.default_rng(0), 1, 20)  # fmt: skip
+    write_documents(store, "kb1", [(entry, [replace(c, language="th") for c in chunks], vectors)])
+    monkeypatch.setattr(hybrid.keyword, "_catch_up_in_background", lambda collection: None)
+    calls = Calls(store, monkeypatch)
+    got = run(hybrid)
+    assert not hybrid.keyword.reflects("kb1", store.version("kb1"))
+    assert_identical(got, expected(hybrid))
+    assert calls.languages  # from the store, not from the index's older copy
+
+
+def test_chunks_deleted_behind_the_index_are_ranked_away(store, tmp_path):
+    hybrid, _ = retrievers(store, tmp_path)
+    hybrid.refresh("kb1")
+    first = run(hybrid)
+    # chunks gone from Chroma but still in the keyword index (a delete whose bookkeeping did
+    # not reach the index yet): the shown hits that vanished are replaced by the next ones
+    gone = sorted({h.chunk.id for hits in first for h in hits[:3]})
+    store.delete("kb1", gone)
+    got = run(hybrid)
+    assert all(len(hits) == 20 for hits in got)
+    assert not {h.chunk.id for hits in got for h in hits} & set(gone)
+    assert_identical(got, expected(hybrid))
+
+
+def test_no_queries_and_an_empty_collection(tmp_path):
+    store = ChromaStore(StoreConfig(path=tmp_path / "chroma"))
+    store.ensure_collection("kb1", fingerprint={"embedding_model": "random", "dimension": DIM})
+    hybrid, dense = retrievers(store, tmp_path)
+    assert hybrid.retrieve([], "kb1", top_k=5) == [] and dense.retrieve([], "kb1", top_k=5) == []
+    assert hybrid.retrieve(["Zug"], "kb1", top_k=5, languages=["de"]) == [[]]
+    assert dense.retrieve(["Zug"], "kb1", top_k=5, languages=["de"]) == [[]]
+    store.close()
