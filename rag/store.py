@@ -671,13 +671,7 @@ class ChromaStore:
         if not len(queries):
             return []
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if vectors else [])
-        try:
-            result = self._call(
-                name, "query", query_embeddings=queries, n_results=top_k, where=dict(where) if where else None,
-                include=include,
-            )  # fmt: skip
-        except ValueError as e:
-            raise StoreError(f"query on collection {name!r} failed: {e}") from e
+        result = self._search(name, queries, top_k=top_k, where=where, include=include)
         out = []
         for n, (ids, texts, metas, distances) in enumerate(
             zip(result["ids"], result["documents"], result["metadatas"], result["distances"], strict=True)
@@ -696,6 +690,16 @@ class ChromaStore:
             out.append((hits, found))
         return out
 
+    def _search(self, name: str, queries: np.ndarray, *, top_k: int, where: Where | None, include: list[str]) -> dict:
+        """Chroma's nearest-neighbour query, its error for a bad filter said as a StoreError."""
+        try:
+            return self._call(
+                name, "query", query_embeddings=queries, n_results=top_k, where=dict(where) if where else None,
+                include=include,
+            )  # fmt: skip
+        except ValueError as e:
+            raise StoreError(f"query on collection {name!r} failed: {e}") from e
+
     @_guarded
     def nearest(
         self, name: str, embeddings: np.ndarray, *, top_k: int, where: Where | None = None, vectors: bool = False
@@ -704,13 +708,7 @@ class ChromaStore:
         if not len(queries):
             return []
         include = ["distances", "embeddings"] if vectors else ["distances"]
-        try:
-            result = self._call(
-                name, "query", query_embeddings=queries, n_results=top_k, where=dict(where) if where else None,
-                include=include,
-            )  # fmt: skip
-        except ValueError as e:
-            raise StoreError(f"query on collection {name!r} failed: {e}") from e
+        result = self._search(name, queries, top_k=top_k, where=where, include=include)
         out = []
         for n, (ids, distances) in enumerate(zip(result["ids"], result["distances"], strict=True)):
             scores = [1.0 - float(d) for d in distances]  # cosine distance -> cosine similarity

@@ -16,6 +16,7 @@ import pytest
 from rag import Pipeline, QueryOptions, load_settings
 from tests.conftest import EXAMPLES, ROOT, free_port, need_env
 from tests.helpers import FakeLLM
+from tests.helpers_serve import wait_for_job
 from tests.helpers_web import AppServer
 from ui.server import create_app
 
@@ -105,15 +106,6 @@ def multipart(files: list[tuple[str, str]]) -> tuple[bytes, str]:
         for name, text in files
     ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def wait_for_job(client: httpx.Client, job: dict, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-        job = client.get(f"/v1/jobs/{job['id']}").json()
-    return job
 
 
 def test_search_finds_across_languages_and_says_what_went_wrong(api):
@@ -231,7 +223,7 @@ def test_upload_becomes_a_job_and_its_documents_are_searchable(api, handbook):
     body, content_type = multipart(files)
     r = api.post("/v1/collections/uploads/documents", content=body, headers={"Content-Type": content_type})
     assert r.status_code == 202, r.text
-    job = wait_for_job(api, r.json())
+    job = wait_for_job(api, r.json(), timeout_s=120)
     assert job["status"] == "done" and job["files_done"] == job["files_total"] == 4, job
     assert job["chunks_written"] >= 4 and len(job["report"]["added"]) == 4
     upload_dir = Path(handbook.settings.server.upload_dir).resolve()
@@ -269,7 +261,7 @@ def test_server_side_path_job(api):
     r = api.post("/v1/jobs", json={"paths": [str(EXAMPLES / "handbook" / "th_office_cafeteria.md")],
                                    "collection": "paths"})  # fmt: skip
     assert r.status_code == 202 and r.json()["status"] in ("queued", "running")
-    job = wait_for_job(api, r.json())
+    job = wait_for_job(api, r.json(), timeout_s=120)
     assert job["status"] == "done" and job["report"]["added"][0].endswith("th_office_cafeteria.md")
     assert any(j["id"] == job["id"] for j in api.get("/v1/jobs").json())
     assert_error(api.post("/v1/jobs", json={"paths": ["docs/relative"]}), 400, "IngestionError", "absolute")
