@@ -235,12 +235,11 @@ class CollectionWriter:
     def begin(self, entries: Sequence[ManifestEntry]) -> None:
         """(1): mark these files "writing" (their previous entries keep counting until done)."""
         self._check()
-        marked = []
-        for e in entries:
-            previous = self._entry(e.source)
-            marked.append(replace(e, status="writing", seq=previous.seq if previous else 0))
         new = [e for e in entries if self._entry(e.source) is None]
         state = self.state.advanced(documents=len(new))
+        # stamped with the new version: readers that follow changes (keyword indexes serving
+        # chunks) learn that these files' chunks in the store are about to change
+        marked = [replace(e, status="writing", seq=state.version) for e in entries]
         # a new file counts nothing yet: record that, so a crash before (4) leaves nothing to undo
         self.call(self.store.put_manifest, self.collection, marked, sums={e.source: VectorSums() for e in new},
                   state=state)  # fmt: skip
@@ -257,6 +256,12 @@ class CollectionWriter:
         if not done:
             return
         self._check()
+        if stale:
+            # a changed file with no new chunks was not marked "writing" yet: mark it before its
+            # stale chunks go, so no reader takes them for current meanwhile (or after a crash)
+            unmarked = [e for e, _ in done if (previous := self._entry(e.source)) is not None and previous.done]
+            if unmarked:
+                self.begin(unmarked)
         self.call(self.store.delete, self.collection, stale)
         counted = self.call(self.store.sums, self.collection, [e.source for e, _ in done])
         removed, added = VectorSums(), VectorSums()
@@ -275,6 +280,9 @@ class CollectionWriter:
         if not sources:
             return 0
         self._check()
+        # "writing" first, as for a changed file: a reader following changes stops serving these
+        # files' chunks from its copy before they go (and after a crash in between)
+        self.begin([self.entries[s] for s in sources])
         deleted = 0
         for source in sources:
             ids = self.call(self.store.chunk_ids_of_source, self.collection, source)

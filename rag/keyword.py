@@ -10,6 +10,7 @@ bigrams, the usual dictionary-free segmentation (Lucene's CJKBigramFilter does t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -26,8 +27,11 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rag.disk import disk_problem
 from rag.errors import StoreError
+from rag.types import Chunk
 
 if TYPE_CHECKING:
     from rag.store import ManifestEntry, VectorStore
@@ -306,7 +310,9 @@ def tokenize(text: str, language: str | None = None) -> list[str]:
 
 # -- the index ---------------------------------------------------------------------------
 
-_FORMAT = 3  # of the folder: schema and babelrag.json; another format is rebuilt (3: "lang" stored)
+# of the folder: schema and babelrag.json; another format is rebuilt (3: "lang" stored; 4: each
+# chunk's fields and vector stored, so that a query reads its candidates here, not in Chroma)
+_FORMAT = 4
 _META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
@@ -318,12 +324,27 @@ def _schema():
 
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("source", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("source", stored=True, tokenizer_name="raw", index_option="basic")
     # stored: a query's dense candidates take their languages from here, not from Chroma's metadata
     builder.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
     # tokenize() has made the terms: joined by spaces, split on them again, nothing else done
     builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
+    # stored, not indexed: the chunk's vector (float32 bytes) and its fields (JSON), as Chroma has
+    # them, read for a query's dense candidates and shown hits (KeywordIndex.candidates, .chunks)
+    builder.add_bytes_field("vector", stored=True)
+    builder.add_bytes_field("chunk", stored=True)
     return builder.build()
+
+
+_CHUNK_FIELDS = tuple(f.name for f in dataclasses.fields(Chunk) if f.name != "id")
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
+    return json.dumps({name: getattr(chunk, name) for name in _CHUNK_FIELDS}, ensure_ascii=False).encode()
+
+
+def _decode_chunk(id_: str, data: bytes) -> Chunk:
+    return Chunk(id=id_, **json.loads(data))
 
 
 def _tantivy():
@@ -349,6 +370,10 @@ class KeywordIndex:
         self.path = path
         self._index = index
         self._schema = index.schema
+        # Sources being rewritten as of the version the index reflects: Chroma may have deleted
+        # or replaced their chunks that the index still holds, so ``candidates`` and ``chunks``
+        # leave them to the store (KeywordIndexes sets this on each catch-up).
+        self.rewriting: frozenset[str] = frozenset()
 
     @classmethod
     def open(cls, path: Path) -> KeywordIndex:
@@ -423,20 +448,48 @@ class KeywordIndex:
         hits = searcher.search(found, top_k, count=False).hits
         return [(searcher.doc(address)["id"][0], float(score)) for score, address in hits]
 
-    def languages(self, ids: Collection[str]) -> dict[str, str | None]:
-        """The language of each of ``ids`` that the index holds (None: a chunk without one);
-        ids it does not hold are left out."""
+    def _docs(self, ids: Collection[str]) -> Iterator[Any]:
+        """The stored fields of each of ``ids`` the index holds (one search for all)."""
         wanted = sorted(set(ids))
         if not wanted:
-            return {}
+            return
         tantivy = _tantivy()
         searcher = self._index.searcher()
         found = searcher.search(tantivy.Query.term_set_query(self._schema, "id", wanted), len(wanted), count=False)
-        out: dict[str, str | None] = {}
         for _, address in found.hits:
-            doc = searcher.doc(address)
-            lang = doc["lang"][0]
-            out[doc["id"][0]] = None if lang == _NO_LANGUAGE else lang
+            yield searcher.doc(address)
+
+    def languages(self, ids: Collection[str]) -> dict[str, str | None]:
+        """The language of each of ``ids`` that the index holds (None: a chunk without one);
+        ids it does not hold are left out."""
+        out: dict[str, str | None] = {}
+        for doc in self._docs(ids):
+            lang = doc.get_first("lang")
+            out[doc.get_first("id")] = None if lang == _NO_LANGUAGE else lang
+        return out
+
+    def candidates(self, ids: Collection[str]) -> dict[str, tuple[str | None, np.ndarray]]:
+        """(language, stored vector) of each of ``ids`` that the index holds with its vector
+        (float32, as the store has it), unless its source is being rewritten; others are left out."""
+        out: dict[str, tuple[str | None, np.ndarray]] = {}
+        rewriting = self.rewriting
+        for doc in self._docs(ids):
+            vector = doc.get_first("vector")
+            if vector and not (rewriting and doc.get_first("source") in rewriting):
+                lang = doc.get_first("lang")
+                out[doc.get_first("id")] = (None if lang == _NO_LANGUAGE else lang, np.frombuffer(vector, np.float32))
+        return out
+
+    def chunks(self, ids: Collection[str]) -> dict[str, Chunk]:
+        """The chunk (text and fields, as the store has them) of each of ``ids`` that the index
+        holds with its fields, unless its source is being rewritten; others are left out."""
+        out: dict[str, Chunk] = {}
+        rewriting = self.rewriting
+        for doc in self._docs(ids):
+            data = doc.get_first("chunk")
+            if data and not (rewriting and doc.get_first("source") in rewriting):
+                id_ = doc.get_first("id")
+                out[id_] = _decode_chunk(id_, data)
         return out
 
     def ideal_score(self, query: str, language: str | None) -> float:
@@ -468,6 +521,22 @@ class KeywordWriter:
                     id=id_, source=source, lang=language or _NO_LANGUAGE, body=" ".join(tokenize(text, language))
                 )
             )
+
+    def add_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """``chunks`` with their vectors (one row each) and all their fields stored, so that
+        ``KeywordIndex.candidates`` and ``.chunks`` can serve them."""
+        tantivy = _tantivy()
+        rows = np.asarray(vectors, dtype=np.float32)
+        if len(rows) != len(chunks):
+            raise ValueError(f"add_chunks needs one vector per chunk; got {len(rows)} for {len(chunks)}")
+        for chunk, vector in zip(chunks, rows, strict=True):
+            self._writer.add_document(
+                tantivy.Document(
+                    id=chunk.id, source=chunk.source, lang=chunk.language or _NO_LANGUAGE,
+                    body=" ".join(tokenize(chunk.text, chunk.language)), vector=vector.tobytes(),
+                    chunk=_encode_chunk(chunk),
+                )
+            )  # fmt: skip
 
     def delete_sources(self, sources: Iterable[str]) -> None:
         for source in sources:
@@ -623,14 +692,21 @@ class KeywordIndexes:
             index = KeywordIndex.open(folder)
         if not rebuild and meta["version"] >= seq:
             index.reload()  # another process of this machine brought it up to date
+            index.rewriting = frozenset(meta.get("writing", ()))
             return index
         started = time.perf_counter()
         if rebuild:
-            entries = [e for e in self.store.manifest(collection).values() if e.done]
+            entries = [e for e in self.store.manifest(collection).values() if e.status in ("done", "writing")]
+            writing = {e.source for e in entries if e.status == "writing"}
         else:
             entries = self.store.changes(collection, since=meta["version"])
+            writing = set(meta.get("writing", ())) - {e.source for e in entries}
+            writing |= {e.source for e in entries if e.status == "writing"}
         chunks = self._apply(index, collection, entries, clear=rebuild)
-        _write_meta(folder, {"format": _FORMAT, "collection_id": collection_id, "version": seq})
+        index.rewriting = frozenset(writing)
+        _write_meta(
+            folder, {"format": _FORMAT, "collection_id": collection_id, "version": seq, "writing": sorted(writing)}
+        )
         log.info(
             "keyword index of %r %s: %d documents, %d chunks in %.2f s",
             collection, "rebuilt" if rebuild else "updated", len(entries), chunks, time.perf_counter() - started,
@@ -648,11 +724,7 @@ class KeywordIndexes:
             else:
                 writer.delete_sources(touched)
             for i in range(0, len(ids), page):
-                chunks = self.store.get(collection, ids[i : i + page])
-                writer.add(
-                    [c.id for c in chunks], [c.text for c in chunks], [c.language for c in chunks],
-                    [c.source for c in chunks],
-                )  # fmt: skip
+                writer.add_chunks(*self.store.chunks_with_vectors(collection, ids[i : i + page]))
         return len(ids)
 
 

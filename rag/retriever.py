@@ -156,7 +156,7 @@ class DenseRetriever:
         if not self.config.centring and not self.config.own_language_bonus:
             return self.store.query(collection, self.embed(queries), top_k=top_k, where=where)
         ranked = self.ranked(queries, collection, top_k=top_k, where=where, languages=languages)
-        return shown(self.store, collection, lambda gone: [_first(r, top_k, gone) for r in ranked])
+        return shown(store_chunks(self.store, collection), lambda gone: [_first(r, top_k, gone) for r in ranked])
 
     def ranked(
         self,
@@ -166,13 +166,14 @@ class DenseRetriever:
         top_k: int,
         where: Where | None = None,
         languages: Sequence[str | None] | None = None,
-        chunk_languages: ChunkLanguages | None = None,
+        candidates: Candidates | None = None,
     ) -> list[list[tuple[str, float]]]:
         """(chunk id, final dense score) of every chunk the store returned for each query
         (``centring_depth`` with centring, else ``top_k``), best first. Ranked by ids and
-        vectors alone: texts and metadata are read for the few shown (``shown``), the chunks'
-        languages from ``chunk_languages`` (default: the store's metadata). A chunk gone from
-        the store meanwhile (its language not found) is left out."""
+        vectors alone: texts and metadata are read for the few shown (``shown``). The chunks'
+        languages and vectors come from ``candidates`` (e.g. the keyword index; the store
+        returns only ids then), by default from the store's query and metadata. A chunk gone
+        from the store meanwhile is left out."""
         if not queries:
             return []
         vectors = self.embed(queries)
@@ -183,10 +184,15 @@ class DenseRetriever:
                 list(zip(n.ids, n.scores)) for n in self.store.nearest(collection, vectors, top_k=top_k, where=where)
             ]
         depth = max(top_k, self.config.centring_depth)
-        found = self.store.nearest(collection, vectors, top_k=depth, where=where, vectors=True)
+        found = self.store.nearest(collection, vectors, top_k=depth, where=where, vectors=candidates is None)
         ids = sorted({cid for n in found for cid in n.ids})
-        lookup = chunk_languages or (lambda ids: self.store.languages(collection, ids))
-        language_of = lookup(ids) if ids else {}
+        if candidates is None:
+            language_of = self.store.languages(collection, ids) if ids else {}
+            vector_of = None
+        else:
+            looked_up = candidates(ids) if ids else {}
+            language_of = {cid: lang for cid, (lang, _) in looked_up.items()}
+            vector_of = {cid: vector for cid, (_, vector) in looked_up.items()}
         centroids = self.centroids(collection) if self.config.centring else Centroids.none()
         queries_c = centroids.centre(vectors, langs)
         out: list[list[tuple[str, float]]] = []
@@ -196,7 +202,10 @@ class DenseRetriever:
                 out.append([])
                 continue
             kept = [n.ids[i] for i in rows]
-            chunk_vectors = n.vectors if len(rows) == len(n.ids) else n.vectors[rows]
+            if vector_of is not None:
+                chunk_vectors = np.stack([vector_of[cid] for cid in kept])
+            else:
+                chunk_vectors = n.vectors if len(rows) == len(n.ids) else n.vectors[rows]
             chunk_langs = [language_of[cid] for cid in kept]
             scores = centroids.centre(chunk_vectors, chunk_langs) @ q
             if bonus and lang is not None:
@@ -278,24 +287,35 @@ class HybridRetriever:
                 lambda: self.store.filter_ids(collection, ids, other_filter) if ids else set()
             )
 
-        # The candidates' languages (for centring) from the keyword index, where it reflects the
-        # version this query reads: Chroma's metadata costs more than the rest of the query. Ids it
-        # lacks (a file still being written) are looked up in the store.
+        # The candidates' languages and vectors (for centring), and the shown hits' texts and
+        # fields, from the keyword index where it reflects the version this query reads: Chroma's
+        # metadata and vectors cost more than the rest of the query. What it lacks (a file still
+        # being written) and everything while it catches up is read from the store.
         current = self.keyword.reflects(collection, version)
 
-        def chunk_languages(ids: Sequence[str]) -> dict[str, str | None]:
-            found = index.languages(ids) if current else {}
+        def candidates(ids: Sequence[str]) -> dict[str, tuple[str | None, np.ndarray]]:
+            found = index.candidates(ids) if current else {}
             missing = [cid for cid in ids if cid not in found]
-            return found | self.store.languages(collection, missing) if missing else found
+            if missing:
+                got, langs, vectors = self.store.vectors(collection, missing)
+                found |= {cid: (lang, vector) for cid, lang, vector in zip(got, langs, vectors, strict=True)}
+            return found
+
+        from_store = store_chunks(self.store, collection)
+
+        def chunks(ids: Sequence[str]) -> dict[str, Chunk]:
+            found = index.chunks(ids) if current else {}
+            missing = [cid for cid in ids if cid not in found]
+            return found | from_store(missing) if missing else found
 
         pool = self.dense.ranked(
-            queries, collection, top_k=top_k, where=where, languages=languages, chunk_languages=chunk_languages
+            queries, collection, top_k=top_k, where=where, languages=languages, candidates=candidates
         )
         if filtering is not None:
             passing = filtering.result()
             keyword = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in keyword]
         return shown(
-            self.store, collection,
+            chunks,
             lambda gone: [self._fuse(_first(d, top_k, gone), k, gone, top_k) for d, k in zip(pool, keyword, strict=True)],
         )  # fmt: skip
 
@@ -326,18 +346,23 @@ class HybridRetriever:
         return [(cid, scores[cid]) for cid in ranked]
 
 
-ChunkLanguages = Callable[[Sequence[str]], dict[str, str | None]]
+Candidates = Callable[[Sequence[str]], dict[str, tuple[str | None, np.ndarray]]]
+"""(language, stored vector) of each of the ids found; ids gone from the collection are left out."""
+ChunkReader = Callable[[Sequence[str]], dict[str, Chunk]]
+"""The chunk of each of the ids found; ids gone from the collection are left out."""
+
+
+def store_chunks(store: VectorStore, collection: str) -> ChunkReader:
+    return lambda ids: {c.id: c for c in store.get(collection, ids)}
 
 
 def _first(ranked: list[tuple[str, float]], top_k: int, gone: Collection[str]) -> list[tuple[str, float]]:
     return [(cid, score) for cid, score in ranked if cid not in gone][:top_k] if gone else ranked[:top_k]
 
 
-def shown(
-    store: VectorStore, collection: str, rank: Callable[[set[str]], list[list[tuple[str, float]]]]
-) -> list[list[Hit]]:
-    """Hits of the ids that ``rank`` puts first for each query, their chunks read in one store
-    call. ``rank(gone)`` ranks without the ids in ``gone``: an id the store no longer has
+def shown(read: ChunkReader, rank: Callable[[set[str]], list[list[tuple[str, float]]]]) -> list[list[Hit]]:
+    """Hits of the ids that ``rank`` puts first for each query, their chunks read in one call of
+    ``read``. ``rank(gone)`` ranks without the ids in ``gone``: an id the collection no longer has
     (deleted since it was searched) is ranked away and the new ones read, as often as that happens."""
     gone: set[str] = set()
     chunks: dict[str, Chunk] = {}
@@ -345,7 +370,7 @@ def shown(
         ranked = rank(gone)
         wanted = sorted({cid for r in ranked for cid, _ in r} - chunks.keys())
         if wanted:
-            chunks.update((c.id, c) for c in store.get(collection, wanted))
+            chunks.update(read(wanted))
             missing = {cid for cid in wanted if cid not in chunks}
             if missing:
                 gone |= missing

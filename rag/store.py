@@ -152,7 +152,8 @@ class VectorStore(Protocol):
         ...
 
     def changes(self, name: str, since: int) -> list[ManifestEntry]:
-        """Entries (done or deleted) that changed after version ``since``."""
+        """Entries that changed after version ``since``: done, deleted, or marked "writing" (a file
+        whose chunks in the store are being replaced or deleted)."""
         ...
 
     def sums(self, name: str, sources: Sequence[str]) -> dict[str, VectorSums]:
@@ -213,6 +214,10 @@ class VectorStore(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
         """The chunks with these ids, in the order given; unknown ids are left out."""
+        ...
+
+    def chunks_with_vectors(self, name: str, ids: Sequence[str]) -> tuple[list[Chunk], np.ndarray]:
+        """``get``, plus the stored vector of each chunk found (one row each, in that order)."""
         ...
 
     def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:
@@ -769,6 +774,19 @@ class ChromaStore:
             for id_, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
                 by_id[id_] = _chunk(id_, text or "", meta or {})
         return [by_id[i] for i in ids if i in by_id]
+
+    @_guarded
+    def chunks_with_vectors(self, name: str, ids: Sequence[str]) -> tuple[list[Chunk], np.ndarray]:
+        by_id: dict[str, tuple[Chunk, Any]] = {}
+        for page in self._pages(list(ids)):
+            got = self._call(name, "get", ids=list(page), include=["documents", "metadatas", "embeddings"])
+            for id_, text, meta, vector in zip(
+                got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
+            ):
+                by_id[id_] = (_chunk(id_, text or "", meta or {}), vector)
+        found = [by_id[i] for i in ids if i in by_id]
+        vectors = np.asarray([v for _, v in found], dtype=np.float32)
+        return [c for c, _ in found], vectors.reshape(len(found), -1) if len(found) else np.zeros((0, 0), np.float32)
 
     @_guarded
     def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:

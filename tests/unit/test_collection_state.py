@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,6 +100,46 @@ def test_state_follows_writes_replacements_and_deletes(store):
     assert changed == {"/kb/ja.txt": "deleted", "/kb/th.txt": "deleted"}
     assert {e.source for e in store.changes("kb1", since=state.version)} == {"/kb/de.txt", "/kb/ja.txt", "/kb/th.txt"}
     assert store.info("kb1").documents == 6
+
+
+class Crash(Exception):
+    pass
+
+
+def test_files_are_marked_writing_before_their_chunks_go(store, tmp_path, monkeypatch):
+    # Keyword indexes serve chunks from their copy while it reflects the store's version: every
+    # write that removes chunks from the store must first bump the version and mark the file.
+    write_documents(store, "kb1", [document("/kb/de.txt", "de", 4, seed=1), document("/kb/th.txt", "th", 3, seed=2)])
+    before = store.state("kb1").version
+    ids = sorted(cid for e in store.manifest("kb1").values() for cid in e.chunk_ids)
+
+    def crash(name, ids):
+        raise Crash
+
+    monkeypatch.setattr(store, "delete", crash)  # killed as its chunks were about to go
+    with pytest.raises(Crash):
+        CollectionWriter(store, "kb1").delete_sources(["/kb/th.txt"])
+    # a changed file with no new chunks to write: only its stale chunks go
+    entry, _, vectors = document("/kb/de.txt", "de", 4, seed=1)
+    smaller = replace(entry, content_hash="1b", chunk_ids=entry.chunk_ids[:2])
+    with pytest.raises(Crash):
+        CollectionWriter(store, "kb1").finish(
+            [(smaller, VectorSums.of(["de", "de"], vectors[:2]))], entry.chunk_ids[2:]
+        )
+    assert {e.source: e.status for e in store.changes("kb1", since=before)} == {
+        "/kb/th.txt": "writing", "/kb/de.txt": "writing"
+    }  # fmt: skip
+    assert store.state("kb1").documents == 2  # marking counts nothing
+    monkeypatch.undo()
+    index = KeywordIndexes(store, tmp_path / "index").refresh("kb1")
+    assert index.rewriting == {"/kb/de.txt", "/kb/th.txt"}
+    assert index.chunks(ids) == {} and index.candidates(ids) == {}  # the store is asked instead
+    # the next writer finishes them; the index serves them again
+    write_documents(store, "kb1", [document("/kb/de.txt", "de", 2, seed=3)])
+    delete_sources(store, "kb1", ["/kb/th.txt"], config=_ingestion())
+    index = KeywordIndexes(store, tmp_path / "index").refresh("kb1")
+    assert index.rewriting == frozenset()
+    assert set(index.chunks([f"/kb/de.txt#3-{i}" for i in range(2)])) == {"/kb/de.txt#3-0", "/kb/de.txt#3-1"}
 
 
 def test_a_query_leaves_out_chunks_a_writer_deleted_while_it_ran(store, monkeypatch):

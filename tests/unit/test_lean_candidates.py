@@ -1,5 +1,7 @@
-"""The first stage ranks its candidates by ids and vectors alone (issue 13): languages from the
-keyword index, Chroma's texts and metadata read for the shown hits only. Its results must be
+"""The first stage ranks its candidates by ids and vectors alone (issue 13): Chroma returns ids
+and scores, the candidates' languages and vectors and the shown hits' texts and metadata come
+from the keyword index where it reflects the version the query reads (from Chroma where it
+does not, or lacks them). Its results must be
 those of the full-metadata path it replaced, to the last bit of every score: ``reference`` below
 is that path (Chroma's top ``centring_depth`` with texts, metadata and vectors, fused with the
 keyword hits' chunks), run against the same store, index and centroids.
@@ -15,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ingestion.job import write_documents
+from ingestion.job import CollectionWriter, write_documents
 from rag.centroids import Centroids
 from rag.config import RetrievalConfig, StoreConfig
 from rag.retriever import DenseRetriever, HybridRetriever
@@ -172,12 +174,21 @@ class Calls:
 
     def __init__(self, store, monkeypatch) -> None:
         self.languages: list[list[str]] = []
+        self.vectors: list[list[str]] = []
         self.gets: list[list[str]] = []
-        real_languages, real_get = store.languages, store.get
+        self.nearest: list[bool] = []  # whether each asked for vectors
+        real = {name: getattr(store, name) for name in ("languages", "vectors", "get", "nearest")}
         monkeypatch.setattr(
-            store, "languages", lambda name, ids: self.languages.append(list(ids)) or real_languages(name, ids)
+            store, "languages", lambda name, ids: self.languages.append(list(ids)) or real["languages"](name, ids)
         )
-        monkeypatch.setattr(store, "get", lambda name, ids: self.gets.append(list(ids)) or real_get(name, ids))
+        monkeypatch.setattr(
+            store, "vectors", lambda name, ids: self.vectors.append(list(ids)) or real["vectors"](name, ids)
+        )
+        monkeypatch.setattr(store, "get", lambda name, ids: self.gets.append(list(ids)) or real["get"](name, ids))
+        monkeypatch.setattr(
+            store, "nearest",
+            lambda name, q, **kw: self.nearest.append(kw.get("vectors", False)) or real["nearest"](name, q, **kw),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -194,9 +205,8 @@ def test_results_are_identical_to_the_full_metadata_path(store, tmp_path, monkey
     got = run(hybrid)
     assert all(len(hits) == 20 for hits in got)
     assert_identical(got, want)
-    # the lean path: no metadata read for languages, one read of the shown chunks
-    assert calls.languages == [] and len(calls.gets) == 1
-    assert set(calls.gets[0]) == {h.chunk.id for hits in got for h in hits}
+    # the lean path: one Chroma call (ids and scores); languages, vectors and shown chunks from the index
+    assert calls.nearest == [False] and calls.languages == calls.vectors == calls.gets == []
     assert_identical(
         dense.retrieve([q for q, _ in QUERIES], "kb1", top_k=20, languages=[lang for _, lang in QUERIES]),
         [
@@ -220,8 +230,10 @@ def test_chunks_the_keyword_index_lacks_take_their_language_from_the_store(store
     calls = Calls(store, monkeypatch)
     got = run(hybrid)
     assert_identical(got, expected(hybrid))
-    assert calls.languages and set(calls.languages[0]) <= {c.id for c in chunks}
-    assert {c.id for c in chunks} <= {h.chunk.id for hits in got for h in hits}
+    new = {c.id for c in chunks}
+    assert calls.vectors and set(calls.vectors[0]) <= new and calls.languages == []
+    assert calls.gets and set(calls.gets[0]) <= new  # only those the index lacks read from Chroma
+    assert new <= {h.chunk.id for hits in got for h in hits}
 
 
 def test_an_index_behind_the_store_is_not_asked_for_languages(store, tmp_path, monkeypatch):
@@ -236,21 +248,67 @@ def test_an_index_behind_the_store_is_not_asked_for_languages(store, tmp_path, m
     got = run(hybrid)
     assert not hybrid.keyword.reflects("kb1", store.version("kb1"))
     assert_identical(got, expected(hybrid))
-    assert calls.languages  # from the store, not from the index's older copy
+    # languages and vectors from the store, not from the index's older copy; shown chunks too
+    assert calls.nearest == [False] and calls.vectors and calls.gets
 
 
-def test_chunks_deleted_behind_the_index_are_ranked_away(store, tmp_path):
+def test_chunks_of_a_file_being_rewritten_or_deleted_are_read_from_the_store(store, tmp_path, monkeypatch):
     hybrid, _ = retrievers(store, tmp_path)
     hybrid.refresh("kb1")
     first = run(hybrid)
-    # chunks gone from Chroma but still in the keyword index (a delete whose bookkeeping did
-    # not reach the index yet): the shown hits that vanished are replaced by the next ones
-    gone = sorted({h.chunk.id for hits in first for h in hits[:3]})
+    # A job (another process) marks files "writing" before it deletes or replaces their chunks;
+    # this process's index catches up with that mark, then the chunks go. The index still holds
+    # them, but no longer serves them: the store says they are gone, and they are ranked away.
+    shown = [h.chunk for hits in first for h in hits[:3]]
+    sources = sorted({c.source for c in shown})
+    writer = CollectionWriter(store, "kb1")
+    writer.begin(list(store.entries("kb1", sources).values()))
+    hybrid.keyword.refresh("kb1")
+    assert hybrid.keyword.reflects("kb1", store.version("kb1"))
+    gone = sorted({cid for e in store.entries("kb1", sources).values() for cid in e.chunk_ids})
     store.delete("kb1", gone)
+    calls = Calls(store, monkeypatch)
     got = run(hybrid)
+    read = {cid for ids in calls.gets for cid in ids}
+    assert read and not read - set(gone)  # only those files' chunks read from the store
     assert all(len(hits) == 20 for hits in got)
     assert not {h.chunk.id for hits in got for h in hits} & set(gone)
     assert_identical(got, expected(hybrid))
+    # the deletion finished: the index drops them, and serves everything again
+    writer.delete_sources(sources)
+    hybrid.keyword.refresh("kb1")
+    calls = Calls(store, monkeypatch)
+    got = run(hybrid)
+    assert calls.gets == calls.vectors == []
+    assert_identical(got, expected(hybrid))
+
+
+def test_chunks_deleted_while_the_index_catches_up_are_ranked_away(store, tmp_path, monkeypatch):
+    hybrid, _ = retrievers(store, tmp_path)
+    hybrid.refresh("kb1")
+    first = run(hybrid)
+    monkeypatch.setattr(hybrid.keyword, "_catch_up_in_background", lambda collection: None)
+    write_documents(store, "kb1", documents(np.random.default_rng(5), 1, 5, prefix="/new"))  # a new version
+    # chunks deleted between Chroma's search and the read of the shown ones
+    gone = sorted({h.chunk.id for hits in first for h in hits[:3]})
+    store.delete("kb1", gone)
+    got = run(hybrid)
+    assert not hybrid.keyword.reflects("kb1", store.version("kb1"))
+    assert all(len(hits) == 20 for hits in got)
+    assert not {h.chunk.id for hits in got for h in hits} & set(gone)
+    assert_identical(got, expected(hybrid))
+
+
+def test_the_index_serves_chunks_and_vectors_as_the_store_has_them(store, tmp_path):
+    hybrid, _ = retrievers(store, tmp_path)
+    index = hybrid.keyword.refresh("kb1")
+    ids = sorted(cid for e in store.manifest("kb1").values() for cid in e.chunk_ids)
+    chunks, vectors = store.chunks_with_vectors("kb1", ids)
+    assert index.chunks(ids) == {c.id: c for c in chunks}
+    served = index.candidates(ids)
+    assert [served[c.id][0] for c in chunks] == [c.language for c in chunks]
+    assert np.array_equal(np.stack([served[c.id][1] for c in chunks]), vectors)  # bit for bit
+    assert index.chunks(["nope"]) == {} and index.candidates([]) == {}
 
 
 def test_no_queries_and_an_empty_collection(tmp_path):
