@@ -311,12 +311,14 @@ def tokenize(text: str, language: str | None = None) -> list[str]:
 # -- the index ---------------------------------------------------------------------------
 
 # of the folder: schema and babelrag.json; another format is rebuilt (3: "lang" stored; 4: each
-# chunk's fields and vector stored, so that a query reads its candidates here, not in Chroma)
+# chunk's fields stored and its vector in a file beside, so a query reads its candidates here)
 _FORMAT = 4
 _META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
 INLINE_BUILD_CHUNKS = 50_000  # a first query builds a missing index itself up to this size (~10 s)
+_ROW_BITS = 40  # "vector" fast field: generation << 40 | row (generation 0: no vector)
+_VECTORS = re.compile(r"vectors-(\d+)-(\d+)\.f32")  # vectors-<generation>-<dimension>.f32
 
 
 def _schema():
@@ -325,14 +327,16 @@ def _schema():
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
     builder.add_text_field("source", stored=True, tokenizer_name="raw", index_option="basic")
-    # stored: a query's dense candidates take their languages from here, not from Chroma's metadata
     builder.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
     # tokenize() has made the terms: joined by spaces, split on them again, nothing else done
     builder.add_text_field("body", tokenizer_name="whitespace", index_option="freq")
-    # stored, not indexed: the chunk's vector (float32 bytes) and its fields (JSON), as Chroma has
-    # them, read for a query's dense candidates and shown hits (KeywordIndex.candidates, .chunks)
-    builder.add_bytes_field("vector", stored=True)
+    # the chunk's fields as JSON, as the store has them: the shown hits are read from here
     builder.add_bytes_field("chunk", stored=True)
+    # Fast (columnar) fields, read for a query's ~100 dense candidates in one call each without
+    # fetching their documents: a hash of the chunk id, where the chunk's vector is, its language
+    # packed into a number, and a hash of its source (to leave out files being rewritten).
+    for name in ("id_key", "vector", "lang_code", "source_key"):
+        builder.add_unsigned_field(name, stored=False, indexed=False, fast=True)
     return builder.build()
 
 
@@ -345,6 +349,61 @@ def _encode_chunk(chunk: Chunk) -> bytes:
 
 def _decode_chunk(id_: str, data: bytes) -> Chunk:
     return Chunk(id=id_, **json.loads(data))
+
+
+def _language_code(language: str | None) -> int:
+    """A language tag as a number: its ASCII bytes (up to 8), 0 for none, 1 for one that does not fit."""
+    if not language:
+        return 0
+    data = language.encode("ascii", "replace")
+    return int.from_bytes(data, "big") if len(data) <= 8 and data.isascii() and b"?" not in data else 1
+
+
+def _language_of_code(code: int) -> str | None:
+    return None if code == 0 else code.to_bytes(8, "big").lstrip(b"\0").decode("ascii")
+
+
+def _key(text: str) -> int:
+    """A 64-bit hash of a chunk id or source, for fast fields."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class _VectorFile:
+    """The vectors of an index's chunks: float32 rows appended to ``vectors-<generation>-<dim>.f32``
+    in its folder, never changed in place. A document holds its row's generation and number; a
+    rebuild starts a new generation, and the old file goes once the rebuild is committed."""
+
+    def __init__(self, path: Path, generation: int, dim: int) -> None:
+        self.path, self.generation, self.dim = path, generation, dim
+        self._file = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 - closed by close()
+        size = os.fstat(self._file.fileno()).st_size
+        self.rows = size // (4 * dim)
+        self._file.truncate(self.rows * 4 * dim)  # a row half written by a writer that died
+        self._file.seek(self.rows * 4 * dim)
+
+    def append(self, vectors: np.ndarray) -> list[int]:
+        """``vector`` field values of these rows."""
+        self._file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        first, self.rows = self.rows, self.rows + len(vectors)
+        return [self.generation << _ROW_BITS | row for row in range(first, self.rows)]
+
+    def sync(self) -> None:
+        """On disk before the documents that point at the rows are committed."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _vector_files(folder: Path) -> dict[int, tuple[Path, int]]:
+    """generation -> (file, dimension) of the vector files in ``folder``."""
+    found = {}
+    for path in folder.glob("vectors-*.f32"):
+        m = _VECTORS.fullmatch(path.name)
+        if m:
+            found[int(m.group(1))] = (path, int(m.group(2)))
+    return found
 
 
 def _tantivy():
@@ -370,10 +429,20 @@ class KeywordIndex:
         self.path = path
         self._index = index
         self._schema = index.schema
-        # Sources being rewritten as of the version the index reflects: Chroma may have deleted
-        # or replaced their chunks that the index still holds, so ``candidates`` and ``chunks``
-        # leave them to the store (KeywordIndexes sets this on each catch-up).
-        self.rewriting: frozenset[str] = frozenset()
+        self._maps: dict[int, np.ndarray] = {}  # generation -> its vector file, memory-mapped
+        self._maps_lock = threading.Lock()
+        self.rewriting = frozenset()
+
+    @property
+    def rewriting(self) -> frozenset[str]:
+        """Sources being rewritten as of the version the index reflects: the store may have
+        deleted or replaced their chunks that the index still holds, so ``candidates`` and
+        ``chunks`` leave them to the store (KeywordIndexes sets this on each catch-up)."""
+        return self._rewriting[0]
+
+    @rewriting.setter
+    def rewriting(self, sources: Collection[str]) -> None:
+        self._rewriting = (frozenset(sources), frozenset(_key(s) for s in sources))
 
     @classmethod
     def open(cls, path: Path) -> KeywordIndex:
@@ -418,14 +487,18 @@ class KeywordIndex:
         """Changes made through the writer are committed together at the end, or not at all.
         One writer per folder at a time (tantivy's own lock; KeywordIndexes serialises them)."""
         writer = self._index.writer(_WRITER_HEAP, 1)
+        changes = KeywordWriter(writer, self.path)
         try:
-            yield KeywordWriter(writer)
+            yield changes
+            changes.sync()  # the vectors on disk before the documents that point at them
             writer.commit()
         except BaseException:
             writer.rollback()
             raise
         finally:
             writer.wait_merging_threads()
+            changes.close()
+        changes.committed()
         self._index.reload()
 
     def search(
@@ -448,44 +521,89 @@ class KeywordIndex:
         hits = searcher.search(found, top_k, count=False).hits
         return [(searcher.doc(address)["id"][0], float(score)) for score, address in hits]
 
-    def _docs(self, ids: Collection[str]) -> Iterator[Any]:
-        """The stored fields of each of ``ids`` the index holds (one search for all)."""
+    def _find(self, ids: Collection[str]) -> tuple[Any, list[Any]]:
+        """(a searcher, the addresses of the documents of ``ids``): one search for all."""
+        tantivy = _tantivy()
+        q = tantivy.Query
+        searcher = self._index.searcher()
         wanted = sorted(set(ids))
         if not wanted:
-            return
-        tantivy = _tantivy()
-        searcher = self._index.searcher()
-        found = searcher.search(tantivy.Query.term_set_query(self._schema, "id", wanted), len(wanted), count=False)
-        for _, address in found.hits:
-            yield searcher.doc(address)
+            return searcher, []
+        if len(wanted) <= 512:  # a term query each: faster than a term set, for a query's candidates
+            found = q.boolean_query([(tantivy.Occur.Should, q.term_query(self._schema, "id", i)) for i in wanted])
+        else:
+            found = q.term_set_query(self._schema, "id", wanted)
+        return searcher, [address for _, address in searcher.search(found, len(wanted), count=False).hits]
 
     def languages(self, ids: Collection[str]) -> dict[str, str | None]:
         """The language of each of ``ids`` that the index holds (None: a chunk without one);
         ids it does not hold are left out."""
+        searcher, addresses = self._find(ids)
         out: dict[str, str | None] = {}
-        for doc in self._docs(ids):
+        for address in addresses:
+            doc = searcher.doc(address)
             lang = doc.get_first("lang")
             out[doc.get_first("id")] = None if lang == _NO_LANGUAGE else lang
         return out
 
     def candidates(self, ids: Collection[str]) -> dict[str, tuple[str | None, np.ndarray]]:
         """(language, stored vector) of each of ``ids`` that the index holds with its vector
-        (float32, as the store has it), unless its source is being rewritten; others are left out."""
+        (float32, as the store has it), unless its source is being rewritten; others are left
+        out. Read from fast fields and the vector file, no document fetched."""
+        wanted = {_key(i): i for i in set(ids)}
+        searcher, addresses = self._find(wanted.values())
+        if not addresses:
+            return {}
+        ids_found = [wanted.get(k) for k in searcher.fast_field_values("id_key", addresses)]
+        places = searcher.fast_field_values("vector", addresses)
+        codes = searcher.fast_field_values("lang_code", addresses)
+        _, skip = self._rewriting
+        sources = searcher.fast_field_values("source_key", addresses) if skip else [None] * len(addresses)
+        by_generation: dict[int, list[int]] = {}
+        for n, (id_, place, code, source) in enumerate(zip(ids_found, places, codes, sources, strict=True)):
+            # no vector, a language tag too long to pack, a hash of an id not asked for: the store knows
+            if id_ is None or not place or code in (None, 1) or (skip and source in skip):
+                continue
+            by_generation.setdefault(place >> _ROW_BITS, []).append(n)
         out: dict[str, tuple[str | None, np.ndarray]] = {}
-        rewriting = self.rewriting
-        for doc in self._docs(ids):
-            vector = doc.get_first("vector")
-            if vector and not (rewriting and doc.get_first("source") in rewriting):
-                lang = doc.get_first("lang")
-                out[doc.get_first("id")] = (None if lang == _NO_LANGUAGE else lang, np.frombuffer(vector, np.float32))
+        for generation, picked in by_generation.items():
+            rows = np.array([places[n] & ((1 << _ROW_BITS) - 1) for n in picked])
+            vectors = self._vectors(generation, int(rows.max()))
+            if vectors is None:  # a file gone with a rebuild this process has not seen yet
+                continue
+            rows_of = np.asarray(vectors[rows])
+            for n, vector in zip(picked, rows_of, strict=True):
+                out[ids_found[n]] = (_language_of_code(codes[n]), vector)
         return out
+
+    def _vectors(self, generation: int, row: int) -> np.ndarray | None:
+        """The memory-mapped vector file of ``generation``, with at least ``row + 1`` rows (it is
+        mapped again when it has grown); None when there is no such file or row."""
+        with self._maps_lock:
+            mapped = self._maps.get(generation)
+            if mapped is not None and row < len(mapped):
+                return mapped
+            files = _vector_files(self.path)
+            for gone in set(self._maps) - set(files):
+                del self._maps[gone]
+            if generation not in files:
+                return None
+            path, dim = files[generation]
+            rows = path.stat().st_size // (4 * dim)
+            if row >= rows:
+                return None
+            mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+            self._maps[generation] = mapped
+            return mapped
 
     def chunks(self, ids: Collection[str]) -> dict[str, Chunk]:
         """The chunk (text and fields, as the store has them) of each of ``ids`` that the index
         holds with its fields, unless its source is being rewritten; others are left out."""
-        out: dict[str, Chunk] = {}
+        searcher, addresses = self._find(ids)
         rewriting = self.rewriting
-        for doc in self._docs(ids):
+        out: dict[str, Chunk] = {}
+        for address in addresses:
+            doc = searcher.doc(address)
             data = doc.get_first("chunk")
             if data and not (rewriting and doc.get_first("source") in rewriting):
                 id_ = doc.get_first("id")
@@ -508,42 +626,83 @@ class KeywordIndex:
 
 
 class KeywordWriter:
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, folder: Path) -> None:
         self._writer = writer
+        self._folder = folder
+        self._vectors: _VectorFile | None = None
+        self._cleared = False
+
+    def _add(self, id_: str, source: str, language: str | None, text: str, place: int = 0, chunk: bytes | None = None):
+        tantivy = _tantivy()
+        doc = tantivy.Document(
+            id=id_, source=source, lang=language or _NO_LANGUAGE, body=" ".join(tokenize(text, language))
+        )
+        if chunk is not None:
+            doc.add_bytes("chunk", chunk)
+        for name, value in (("id_key", _key(id_)), ("vector", place), ("lang_code", _language_code(language)),
+                            ("source_key", _key(source))):  # fmt: skip
+            doc.add_unsigned(name, value)
+        self._writer.add_document(doc)
 
     def add(
         self, ids: Sequence[str], texts: Sequence[str], languages: Sequence[str | None], sources: Sequence[str]
     ) -> None:
-        tantivy = _tantivy()
+        """Texts to search, without vectors or fields to serve."""
         for id_, text, language, source in zip(ids, texts, languages, sources, strict=True):
-            self._writer.add_document(
-                tantivy.Document(
-                    id=id_, source=source, lang=language or _NO_LANGUAGE, body=" ".join(tokenize(text, language))
-                )
-            )
+            self._add(id_, source, language, text)
 
     def add_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        """``chunks`` with their vectors (one row each) and all their fields stored, so that
+        """``chunks`` with their vectors (one row each) and all their fields, so that
         ``KeywordIndex.candidates`` and ``.chunks`` can serve them."""
-        tantivy = _tantivy()
         rows = np.asarray(vectors, dtype=np.float32)
         if len(rows) != len(chunks):
             raise ValueError(f"add_chunks needs one vector per chunk; got {len(rows)} for {len(chunks)}")
-        for chunk, vector in zip(chunks, rows, strict=True):
-            self._writer.add_document(
-                tantivy.Document(
-                    id=chunk.id, source=chunk.source, lang=chunk.language or _NO_LANGUAGE,
-                    body=" ".join(tokenize(chunk.text, chunk.language)), vector=vector.tobytes(),
-                    chunk=_encode_chunk(chunk),
-                )
-            )  # fmt: skip
+        if not len(chunks):
+            return
+        places = self._vector_file(rows.shape[1]).append(rows)
+        for chunk, place in zip(chunks, places, strict=True):
+            self._add(chunk.id, chunk.source, chunk.language, chunk.text, place, _encode_chunk(chunk))
+
+    def _vector_file(self, dim: int) -> _VectorFile:
+        if self._vectors is None or self._vectors.dim != dim:
+            if self._vectors is not None:
+                self._vectors.sync()
+                self._vectors.close()
+            files = _vector_files(self._folder)
+            latest = max(files, default=0)
+            # after a clear, a new generation (the old rows stay for readers until the commit)
+            if self._cleared or latest == 0 or files[latest][1] != dim or self._vectors is not None:
+                latest += 1
+            self._vectors = _VectorFile(self._folder / f"vectors-{latest}-{dim}.f32", latest, dim)
+        return self._vectors
 
     def delete_sources(self, sources: Iterable[str]) -> None:
         for source in sources:
             self._writer.delete_documents_by_term("source", source)
 
     def clear(self) -> None:
+        if self._vectors is not None:
+            raise ValueError("clear() must come before add_chunks() in one writing()")
         self._writer.delete_all_documents()
+        self._cleared = True
+
+    def sync(self) -> None:
+        if self._vectors is not None:
+            self._vectors.sync()
+
+    def close(self) -> None:
+        if self._vectors is not None:
+            self._vectors.close()
+
+    def committed(self) -> None:
+        """After a committed clear no document points at an older vector file: remove those
+        (a reader that has one mapped keeps it until it unmaps it)."""
+        if not self._cleared:
+            return
+        keep = self._vectors.generation if self._vectors is not None else None
+        for generation, (path, _) in _vector_files(self._folder).items():
+            if generation != keep:
+                path.unlink(missing_ok=True)
 
 
 # -- kept in step with the store ---------------------------------------------------------

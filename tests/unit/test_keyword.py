@@ -249,3 +249,102 @@ def test_languages_follow_writes_and_keep_chunks_without_a_language(tmp_path):
         writer.delete_sources(["a"])
         writer.add(["a#1"], ["Torre Eiffel"], ["es"], ["a"])
     assert index.languages(["a#0", "a#1", "b#0"]) == {"a#1": "es", "b#0": None}
+
+
+# -- chunks and vectors served from the index (format 4) -----------------------------------
+
+
+def _chunks(source: str, texts: dict[str, str], seed: int):
+    """One chunk per (language, text), with a random unit vector each."""
+    import numpy as np
+
+    from rag.types import Chunk
+
+    chunks = [
+        Chunk(
+            id=f"{source}#{i}",
+            text=text,
+            source=source,
+            index=i,
+            start=0,
+            end=len(text),
+            language=language,
+            doc_hash=source,
+            title="Über den Turm" if i == 0 else None,
+            page=i + 1 if i % 2 else None,
+        )  # fmt: skip
+        for i, (language, text) in enumerate(texts.items())
+    ]
+    vectors = np.random.default_rng(seed).standard_normal((len(chunks), 24)).astype(np.float32)
+    return chunks, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+FACT_TEXTS = {lang: fact for lang, (fact, _) in FACTS.items()}
+
+
+def _served(index, chunks, vectors):
+    import numpy as np
+
+    got = index.candidates([c.id for c in chunks])
+    return (
+        index.chunks([c.id for c in chunks]) == {c.id: c for c in chunks}
+        and set(got) == {c.id for c in chunks}
+        and all(got[c.id][0] == c.language and np.array_equal(got[c.id][1], v) for c, v in zip(chunks, vectors))
+    )
+
+
+def test_chunks_and_vectors_are_served_as_written_in_every_language(tmp_path):
+    chunks, vectors = _chunks("/kb/fact.md", FACT_TEXTS, seed=1)
+    index = KeywordIndex.open(tmp_path / "kw")
+    with index.writing() as writer:
+        writer.add_chunks(chunks, vectors)
+    assert _served(index, chunks, vectors)
+    assert index.candidates(["nope"]) == {} and index.chunks([]) == {}
+    # a reader in another process sees them; language tags that do not pack into 8 ASCII bytes
+    # are left to the store (the retriever asks it), never guessed
+    odd, odd_vectors = _chunks("/kb/odd.md", {"zh-Hant": "埃菲尔铁塔", "x-klingon-tlh": "tlhIngan", None: "330"}, 2)
+    with index.writing() as writer:
+        writer.add_chunks(odd, odd_vectors)
+    reader = KeywordIndex.open(tmp_path / "kw")
+    got = reader.candidates([c.id for c in odd])
+    assert set(got) == {"/kb/odd.md#0", "/kb/odd.md#2"}
+    assert got["/kb/odd.md#0"][0] == "zh-Hant" and got["/kb/odd.md#2"][0] is None
+    assert reader.chunks([c.id for c in odd]) == {c.id: c for c in odd}
+    assert _served(reader, chunks, vectors)
+
+
+def test_vectors_survive_a_failed_write_a_torn_row_and_a_rebuild(tmp_path):
+    folder = tmp_path / "kw"
+    first, first_vectors = _chunks("/kb/a.md", FACT_TEXTS, seed=1)
+    index = KeywordIndex.open(folder)
+    with index.writing() as writer:
+        writer.add_chunks(first, first_vectors)
+    reader = KeywordIndex.open(folder)  # another process, its vector file mapped
+    assert _served(reader, first, first_vectors)
+    # a write that fails after its vectors were appended: rolled back, the rows unused
+    second, second_vectors = _chunks("/kb/b.md", FACT_TEXTS, seed=2)
+    with pytest.raises(RuntimeError), index.writing() as writer:
+        writer.add_chunks(second, second_vectors)
+        raise RuntimeError("crash in the middle")
+    assert index.candidates([c.id for c in second]) == {}
+    # a writer killed halfway through a row: the next one cuts the torn row off and appends
+    (vector_file,) = folder.glob("vectors-*.f32")
+    with vector_file.open("ab") as f:
+        f.write(b"\x01\x02\x03")
+    with index.writing() as writer:
+        writer.add_chunks(second, second_vectors)
+    assert _served(index, second, second_vectors) and _served(index, first, first_vectors)
+    reader.reload()
+    assert _served(reader, second, second_vectors)  # the reader maps the grown file again
+    # a rebuild writes a new file; the old one goes once it is committed, the reader follows
+    third, third_vectors = _chunks("/kb/c.md", FACT_TEXTS, seed=3)
+    with index.writing() as writer:
+        writer.clear()
+        writer.add_chunks(third, third_vectors)
+    (rebuilt,) = folder.glob("vectors-*.f32")
+    assert rebuilt != vector_file
+    reader.reload()
+    assert _served(reader, third, third_vectors) and reader.candidates([c.id for c in first]) == {}
+    # sources being rewritten are left to the store
+    reader.rewriting = {"/kb/c.md"}
+    assert reader.candidates([c.id for c in third]) == {} and reader.chunks([c.id for c in third]) == {}
