@@ -128,6 +128,8 @@ def measure(mode: str, sizes: list[int], questions: list[str], source, embedder,
             t = time.perf_counter()
             rag.retriever.keyword.refresh(COLLECTION)  # the local keyword index catches up with the new chunks
             row["keyword_catch_up_s"] = round(time.perf_counter() - t, 2)
+            # the keyword index folder: tantivy's files, the chunks' fields and the vector file
+            row["index_mb"] = round(sum(f.stat().st_size for f in (work / "index").rglob("*") if f.is_file()) / 2**20)
             for q in questions:  # warm the query-vector caches: the first stage is timed alone
                 rag.retrieve(q, collection=COLLECTION)
                 plain.retrieve(q, collection=COLLECTION)

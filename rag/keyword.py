@@ -317,6 +317,7 @@ _META = "babelrag.json"  # beside tantivy's files: the store version the index r
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
 INLINE_BUILD_CHUNKS = 50_000  # a first query builds a missing index itself up to this size (~10 s)
+COMPACT_VECTOR_ROWS = 50_000  # unused vector rows beyond the live ones (and this many) rebuild the index
 _ROW_BITS = 40  # "vector" fast field: generation << 40 | row (generation 0: no vector)
 _VECTORS = re.compile(r"vectors-(\d+)-(\d+)\.f32")  # vectors-<generation>-<dimension>.f32
 
@@ -394,6 +395,12 @@ class _VectorFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _unused_vector_rows(folder: Path, live: int) -> int:
+    """Rows of the vector files no document points at any more (their chunks replaced or deleted)."""
+    rows = sum(path.stat().st_size // (4 * dim) for path, dim in _vector_files(folder).values())
+    return max(rows - live, 0)
 
 
 def _vector_files(folder: Path) -> dict[int, tuple[Path, int]]:
@@ -546,10 +553,13 @@ class KeywordIndex:
             out[doc.get_first("id")] = None if lang == _NO_LANGUAGE else lang
         return out
 
-    def candidates(self, ids: Collection[str]) -> dict[str, tuple[str | None, np.ndarray]]:
+    def candidates(
+        self, ids: Collection[str], *, skip: tuple[Collection[str], Collection[int]] | None = None
+    ) -> dict[str, tuple[str | None, np.ndarray]]:
         """(language, stored vector) of each of ``ids`` that the index holds with its vector
-        (float32, as the store has it), unless its source is being rewritten; others are left
-        out. Read from fast fields and the vector file, no document fetched."""
+        (float32, as the store has it), unless its source is being rewritten (or in ``skip``:
+        sources and their hashes, KeywordIndexes.pending_keys); others are left out. Read from
+        fast fields and the vector file, no document fetched."""
         wanted = {_key(i): i for i in set(ids)}
         searcher, addresses = self._find(wanted.values())
         if not addresses:
@@ -557,12 +567,12 @@ class KeywordIndex:
         ids_found = [wanted.get(k) for k in searcher.fast_field_values("id_key", addresses)]
         places = searcher.fast_field_values("vector", addresses)
         codes = searcher.fast_field_values("lang_code", addresses)
-        _, skip = self._rewriting
-        sources = searcher.fast_field_values("source_key", addresses) if skip else [None] * len(addresses)
+        skip_keys = (skip if skip is not None else self._rewriting)[1]
+        sources = searcher.fast_field_values("source_key", addresses) if skip_keys else [None] * len(addresses)
         by_generation: dict[int, list[int]] = {}
         for n, (id_, place, code, source) in enumerate(zip(ids_found, places, codes, sources, strict=True)):
             # no vector, a language tag too long to pack, a hash of an id not asked for: the store knows
-            if id_ is None or not place or code in (None, 1) or (skip and source in skip):
+            if id_ is None or not place or code in (None, 1) or (skip_keys and source in skip_keys):
                 continue
             by_generation.setdefault(place >> _ROW_BITS, []).append(n)
         out: dict[str, tuple[str | None, np.ndarray]] = {}
@@ -596,11 +606,12 @@ class KeywordIndex:
             self._maps[generation] = mapped
             return mapped
 
-    def chunks(self, ids: Collection[str]) -> dict[str, Chunk]:
+    def chunks(self, ids: Collection[str], *, skip: Collection[str] | None = None) -> dict[str, Chunk]:
         """The chunk (text and fields, as the store has them) of each of ``ids`` that the index
-        holds with its fields, unless its source is being rewritten; others are left out."""
+        holds with its fields, unless its source is being rewritten (or in ``skip``,
+        KeywordIndexes.pending); others are left out."""
         searcher, addresses = self._find(ids)
-        rewriting = self.rewriting
+        rewriting = self.rewriting if skip is None else skip
         out: dict[str, Chunk] = {}
         for address in addresses:
             doc = searcher.doc(address)
@@ -751,6 +762,8 @@ class KeywordIndexes:
         self._open: dict[str, KeywordIndex] = {}
         self._applied: dict[str, str] = {}  # collection -> store version its index reflects here
         self._busy: set[str] = set()
+        # collection -> ((version applied, version asked), sources changed in between, their keys)
+        self._pending: dict[str, tuple[tuple[str, str], frozenset[str], frozenset[int]]] = {}
         self._lock = threading.Lock()
 
     def folder(self, collection: str) -> Path:
@@ -818,6 +831,38 @@ class KeywordIndexes:
         with self._lock:
             return self._applied.get(collection) == version
 
+    def pending(self, collection: str, version: str) -> frozenset[str] | None:
+        """The sources whose chunks may differ between this process's index of ``collection``
+        and store version ``version``: those changed since the version the index reflects (one
+        read of the store's change feed per version, while the index catches up), and those
+        being rewritten. The index serves every other chunk exactly as the store has it. None:
+        the index cannot serve ``version`` (none caught up yet, or another collection)."""
+        keys = self.pending_keys(collection, version)
+        return None if keys is None else keys[0]
+
+    def pending_keys(self, collection: str, version: str) -> tuple[frozenset[str], frozenset[int]] | None:
+        """``pending``, with the fast-field hashes of those sources (for KeywordIndex.candidates)."""
+        with self._lock:
+            index = self._open.get(collection)
+            applied = self._applied.get(collection)
+            cached = self._pending.get(collection)
+        if index is None or not applied:
+            return None
+        rewriting, rewriting_keys = index._rewriting
+        if applied == version:
+            return rewriting, rewriting_keys
+        if cached is not None and cached[0] == (applied, version):
+            return cached[1], cached[2]
+        applied_id, applied_seq = _parse_version(applied)
+        asked_id, asked_seq = _parse_version(version)
+        if applied_id != asked_id or asked_seq < applied_seq or applied_id.startswith("legacy"):
+            return None
+        changed = frozenset(e.source for e in self.store.changes(collection, since=applied_seq)) | rewriting
+        keys = frozenset(_key(source) for source in changed)
+        with self._lock:
+            self._pending[collection] = ((applied, version), changed, keys)
+        return changed, keys
+
     def forget(self, collection: str) -> None:
         with self._lock:
             self._open.pop(collection, None)
@@ -854,6 +899,10 @@ class KeywordIndexes:
             index.rewriting = frozenset(meta.get("writing", ()))
             return index
         started = time.perf_counter()
+        if not rebuild and _unused_vector_rows(folder, len(index)) > max(len(index), COMPACT_VECTOR_ROWS):
+            # rows of replaced and deleted chunks outnumber the live ones: rebuilt into a new file
+            log.info("keyword index of %r: vector file compacted by a rebuild", collection)
+            rebuild = True
         if rebuild:
             entries = [e for e in self.store.manifest(collection).values() if e.status in ("done", "writing")]
             writing = {e.source for e in entries if e.status == "writing"}

@@ -288,13 +288,14 @@ class HybridRetriever:
             )
 
         # The candidates' languages and vectors (for centring), and the shown hits' texts and
-        # fields, from the keyword index where it reflects the version this query reads: Chroma's
-        # metadata and vectors cost more than the rest of the query. What it lacks (a file still
-        # being written) and everything while it catches up is read from the store.
-        current = self.keyword.reflects(collection, version)
+        # fields, from the keyword index: Chroma's metadata and vectors cost more than the rest of
+        # the query. Left to the store: chunks of files that changed since the version the index
+        # reflects (while it catches up: one read of the change feed per version) or are being
+        # rewritten, and ids the index lacks (a file still being written).
+        pending = self.keyword.pending_keys(collection, version)
 
         def candidates(ids: Sequence[str]) -> dict[str, tuple[str | None, np.ndarray]]:
-            found = index.candidates(ids) if current else {}
+            found = index.candidates(ids, skip=pending) if pending is not None else {}
             missing = [cid for cid in ids if cid not in found]
             if missing:
                 got, langs, vectors = self.store.vectors(collection, missing)
@@ -304,7 +305,7 @@ class HybridRetriever:
         from_store = store_chunks(self.store, collection)
 
         def chunks(ids: Sequence[str]) -> dict[str, Chunk]:
-            found = index.chunks(ids) if current else {}
+            found = index.chunks(ids, skip=pending[0]) if pending is not None else {}
             missing = [cid for cid in ids if cid not in found]
             return found | from_store(missing) if missing else found
 

@@ -434,3 +434,26 @@ def test_keyword_index_of_an_older_format_is_rebuilt_with_chunk_languages(store,
     ids = [f"/kb/de.txt#1-{i}" for i in range(2)] + [f"/kb/th.txt#2-{i}" for i in range(2)]
     assert len(index) == 4 and index.languages(ids) == dict.fromkeys(ids[:2], "de") | dict.fromkeys(ids[2:], "th")
     assert json.loads((folder / "babelrag.json").read_text())["format"] == rag.keyword._FORMAT
+
+
+def test_the_vector_file_of_a_keyword_index_is_compacted_when_mostly_unused(store, tmp_path, monkeypatch):
+    import rag.keyword
+
+    monkeypatch.setattr(rag.keyword, "COMPACT_VECTOR_ROWS", 20)
+    indexes = KeywordIndexes(store, tmp_path / "index")
+    folder = indexes.folder("kb1")
+    sizes = []
+    for seed in range(1, 9):  # each round replaces both files' chunks: their old rows go unused
+        write_documents(
+            store, "kb1", [document("/kb/de.txt", "de", 6, seed=seed), document("/kb/ar.txt", "ar", 6, seed=100 + seed)]
+        )
+        index = indexes.refresh("kb1")
+        (vector_file,) = folder.glob("vectors-*.f32")
+        sizes.append(vector_file.stat().st_size // (4 * DIM))
+    assert max(sizes) <= 12 + max(12, 20) + 12  # never more unused rows than allowed, plus one round's
+    assert sizes != sorted(sizes)  # it was compacted (a new, smaller file) at least once
+    ids = [f"/kb/de.txt#8-{i}" for i in range(6)] + [f"/kb/ar.txt#108-{i}" for i in range(6)]
+    chunks, vectors = store.chunks_with_vectors("kb1", ids)
+    served = index.candidates(ids)
+    assert index.chunks(ids) == {c.id: c for c in chunks}
+    assert np.array_equal(np.stack([served[c.id][1] for c in chunks]), vectors)

@@ -283,19 +283,27 @@ def test_chunks_of_a_file_being_rewritten_or_deleted_are_read_from_the_store(sto
     assert_identical(got, expected(hybrid))
 
 
-def test_chunks_deleted_while_the_index_catches_up_are_ranked_away(store, tmp_path, monkeypatch):
+def test_while_the_index_catches_up_it_serves_all_but_the_files_that_changed(store, tmp_path, monkeypatch):
     hybrid, _ = retrievers(store, tmp_path)
     hybrid.refresh("kb1")
     first = run(hybrid)
     monkeypatch.setattr(hybrid.keyword, "_catch_up_in_background", lambda collection: None)
-    write_documents(store, "kb1", documents(np.random.default_rng(5), 1, 5, prefix="/new"))  # a new version
-    # chunks deleted between Chroma's search and the read of the shown ones
-    gone = sorted({h.chunk.id for hits in first for h in hits[:3]})
-    store.delete("kb1", gone)
+    # another process deletes the files of hits this query would show, and adds one
+    sources = sorted({h.chunk.source for hits in first for h in hits[:3]})
+    gone = {cid for e in store.entries("kb1", sources).values() for cid in e.chunk_ids}
+    CollectionWriter(store, "kb1").delete_sources(sources)
+    added = documents(np.random.default_rng(5), 1, 30, prefix="/new")
+    write_documents(store, "kb1", added)
+    new = set(added[0][0].chunk_ids)
+    calls = Calls(store, monkeypatch)
     got = run(hybrid)
     assert not hybrid.keyword.reflects("kb1", store.version("kb1"))
+    assert hybrid.keyword.pending("kb1", store.version("kb1")) == {*sources, added[0][0].source}
+    # only the changed files' chunks are read from the store; the rest comes from the index
+    read = {cid for ids in calls.gets + calls.vectors for cid in ids}
+    assert read and read <= new | gone
     assert all(len(hits) == 20 for hits in got)
-    assert not {h.chunk.id for hits in got for h in hits} & set(gone)
+    assert not {h.chunk.id for hits in got for h in hits} & gone
     assert_identical(got, expected(hybrid))
 
 
