@@ -317,6 +317,7 @@ _META = "babelrag.json"  # beside tantivy's files: the store version the index r
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
 INLINE_BUILD_CHUNKS = 50_000  # a first query builds a missing index itself up to this size (~10 s)
+PREPARE_FILES = 1000  # a change of up to this many files is indexed before queries see it
 COMPACT_VECTOR_ROWS = 50_000  # unused vector rows beyond the live ones (and this many) rebuild the index
 _ROW_BITS = 40  # "vector" fast field: generation << 40 | row (generation 0: no vector)
 _VECTORS = re.compile(r"vectors-(\d+)-(\d+)\.f32")  # vectors-<generation>-<dimension>.f32
@@ -730,6 +731,17 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _covers(applied: str | None, version: str) -> bool:
+    """Whether an index caught up with store version ``applied`` reflects ``version`` or later."""
+    if not applied:
+        return False
+    if applied == version:
+        return True
+    applied_id, applied_seq = _parse_version(applied)
+    version_id, version_seq = _parse_version(version)
+    return applied_id == version_id and not applied_id.startswith("legacy") and applied_seq >= version_seq > 0
+
+
 def _parse_version(version: str) -> tuple[str, int]:
     """(collection id, version counter) of a store version "ID:N"; legacy versions (a hash of a
     collection without a version counter) are their own id, so that any change rebuilds."""
@@ -774,7 +786,7 @@ class KeywordIndexes:
         """The index of ``collection``; catching up with store version ``version`` if behind."""
         with self._lock:
             index = self._open.get(collection)
-            current = index is not None and self._applied.get(collection) == version
+            current = index is not None and _covers(self._applied.get(collection), version)
         if index is None:
             index = self._first_use(collection)
             if index is None:
@@ -849,19 +861,32 @@ class KeywordIndexes:
         if index is None or not applied:
             return None
         rewriting, rewriting_keys = index._rewriting
-        if applied == version:
+        if _covers(applied, version):  # caught up with it, or with a later one
             return rewriting, rewriting_keys
         if cached is not None and cached[0] == (applied, version):
             return cached[1], cached[2]
         applied_id, applied_seq = _parse_version(applied)
-        asked_id, asked_seq = _parse_version(version)
-        if applied_id != asked_id or asked_seq < applied_seq or applied_id.startswith("legacy"):
+        if applied_id != _parse_version(version)[0] or applied_id.startswith("legacy"):
             return None
         changed = frozenset(e.source for e in self.store.changes(collection, since=applied_seq)) | rewriting
         keys = frozenset(_key(source) for source in changed)
         with self._lock:
             self._pending[collection] = ((applied, version), changed, keys)
         return changed, keys
+
+    def prepare(self, collection: str, version: str) -> None:
+        """Before queries see ``version`` (VersionWatch.on_change): a small change (up to
+        PREPARE_FILES files) is caught up with now, so that the next query finds the index
+        current; a bigger one has its change feed read (``pending``) and is caught up with in the
+        background, while queries take the chunks of the files that changed from the store."""
+        with self._lock:
+            if not self._applied.get(collection):
+                return  # not in use here yet: the first query opens or builds it
+        pending = self.pending(collection, version)
+        if pending is None or len(pending) <= PREPARE_FILES:
+            self.refresh(collection)
+        else:
+            self._catch_up_in_background(collection)
 
     def forget(self, collection: str) -> None:
         with self._lock:

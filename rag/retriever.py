@@ -75,25 +75,66 @@ class QueryEmbeddings:
 
 
 class VersionWatch:
-    """The store's version of each collection, read again at most every ``recheck_s`` (one
-    record read: the version counter). Caches of derived state compare against it."""
+    """The store's version of each collection as queries see it (one record read: the version
+    counter); caches of derived state compare against it.
+
+    The first query of a collection reads it. After that, with ``recheck_s`` > 0, a query never
+    waits on it: when the version it has is ``recheck_s`` old, a background thread reads it
+    again and, if it changed, runs the ``on_change`` preparers (the new centroids, the keyword
+    index's catch-up) before queries see it. So the query after another process's write costs
+    what any query costs, and sees the write within ``recheck_s`` plus that preparation. With
+    ``recheck_s`` 0 every query reads the version itself.
+    """
 
     def __init__(self, store: VectorStore, *, recheck_s: float) -> None:
         self.store = store
         self.recheck_s = recheck_s
         self._seen: dict[str, tuple[str, float]] = {}  # collection -> (version, read at)
+        self._checking: set[str] = set()
+        self._preparers: list[Callable[[str, str], None]] = []
         self._lock = threading.Lock()
+
+    def on_change(self, prepare: Callable[[str, str], None]) -> None:
+        """``prepare(collection, version)`` runs before queries see a new version of a collection."""
+        self._preparers.append(prepare)
 
     def __call__(self, collection: str) -> str:
         now = time.monotonic()
         with self._lock:
             seen = self._seen.get(collection)
-        if seen is not None and now - seen[1] < self.recheck_s:
+            stale = seen is not None and now - seen[1] >= self.recheck_s
+            if stale and self.recheck_s > 0 and collection not in self._checking:
+                self._checking.add(collection)
+                threading.Thread(
+                    target=self._check, args=(collection,), name=f"version-{collection}", daemon=True
+                ).start()
+        if seen is not None and (not stale or self.recheck_s > 0):
             return seen[0]
         version = self.store.version(collection)
         with self._lock:
             self._seen[collection] = (version, now)
         return version
+
+    def _check(self, collection: str) -> None:
+        try:
+            read_at = time.monotonic()
+            version = self.store.version(collection)
+            with self._lock:
+                seen = self._seen.get(collection)
+            if seen is not None and seen[0] != version:
+                for prepare in self._preparers:
+                    try:
+                        prepare(collection, version)
+                    except Exception:  # noqa: BLE001 - queries then do it themselves, as on a first use
+                        log.warning("preparing version %s of %r failed", version, collection, exc_info=True)
+            with self._lock:
+                if collection in self._seen:  # not forgotten meanwhile
+                    self._seen[collection] = (version, read_at)
+        except Exception:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
+            log.warning("cannot read the version of %r", collection, exc_info=True)
+        finally:
+            with self._lock:
+                self._checking.discard(collection)
 
     def forget(self, collection: str) -> None:
         with self._lock:
@@ -119,13 +160,16 @@ class DenseRetriever:
         self.embed = QueryEmbeddings(embedder, cache_size=cache_size)
         self.watch = VersionWatch(store, recheck_s=self.config.index_recheck_s)
         self._centroids: dict[str, tuple[str, Centroids]] = {}  # collection -> (version, centroids)
+        if self.config.centring:
+            self.watch.on_change(lambda collection, version: self.centroids(collection, version=version))
 
     def refresh(self, collection: str) -> None:
         self.watch.forget(collection)
         self._centroids.pop(collection, None)
 
-    def centroids(self, collection: str) -> Centroids:
-        version = self.watch(collection)
+    def centroids(self, collection: str, *, version: str | None = None) -> Centroids:
+        """Of ``version`` (default: the one queries see now), from the store's vector sums."""
+        version = version or self.watch(collection)
         cached = self._centroids.get(collection)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -235,6 +279,7 @@ class HybridRetriever:
         self.store = store
         self.config = config
         self.keyword = KeywordIndexes(store, index_dir)
+        dense.watch.on_change(self.keyword.prepare)
         self._filter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keyword-filter")
 
     def refresh(self, collection: str) -> None:

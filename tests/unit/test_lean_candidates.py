@@ -327,3 +327,40 @@ def test_no_queries_and_an_empty_collection(tmp_path):
     assert hybrid.retrieve(["Zug"], "kb1", top_k=5, languages=["de"]) == [[]]
     assert dense.retrieve(["Zug"], "kb1", top_k=5, languages=["de"]) == [[]]
     store.close()
+
+
+def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    settings = RetrievalConfig(index_recheck_s=0.2)
+    hybrid = HybridRetriever(DenseRetriever(HashEmbedder(), store, config=settings), store, settings,
+                             index_dir=tmp_path / "index")  # fmt: skip
+    run(hybrid)  # the first use reads the version and builds the index
+    # another process writes (this one is not told): a file near every query
+    added = documents(np.random.default_rng(9), 1, len(QUERIES), prefix="/new")
+    entry, chunks, _ = added[0]
+    queries = hybrid.dense.embed([q for q, _ in QUERIES])
+    write_documents(store, "kb1", [(entry, chunks, queries + 0.01)])
+    time.sleep(0.25)
+    on_query_thread: list[str] = []
+    real_version = store.version
+    monkeypatch.setattr(
+        store, "version",
+        lambda name: (threading.current_thread() is threading.main_thread() and on_query_thread.append(name))
+        or real_version(name),
+    )  # fmt: skip
+    run(hybrid)  # its version is old: read again in the background, not waited for
+    assert on_query_thread == []
+    deadline = time.monotonic() + 10
+    while hybrid.dense.watch("kb1") != real_version("kb1") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # published only once the keyword index caught up and the centroids were read: the next
+    # query reads nothing but Chroma's ids and scores, and finds the new file
+    assert hybrid.keyword.reflects("kb1", real_version("kb1"))
+    calls = Calls(store, monkeypatch)
+    got = run(hybrid)
+    assert calls.nearest == [False] and calls.gets == calls.vectors == calls.languages == []
+    assert on_query_thread == []
+    assert set(entry.chunk_ids) <= {h.chunk.id for hits in got for h in hits}
+    assert_identical(got, expected(hybrid))
