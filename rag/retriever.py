@@ -78,19 +78,22 @@ class VersionWatch:
     """The store's version of each collection as queries see it (one record read: the version
     counter); caches of derived state compare against it.
 
-    The first query of a collection reads it. After that, with ``recheck_s`` > 0, a query never
-    waits on it: when the version it has is ``recheck_s`` old, a background thread reads it
-    again and, if it changed, runs the ``on_change`` preparers (the new centroids, the keyword
-    index's catch-up) before queries see it. So the query after another process's write costs
-    what any query costs, and sees the write within ``recheck_s`` plus that preparation. With
-    ``recheck_s`` 0 every query reads the version itself.
+    With ``recheck_s`` > 0, a query never waits on it but for the first query of a collection
+    (or one after ``IDLE_S`` without queries): a background thread reads the versions of the
+    collections queried lately every ``recheck_s`` and, when one changed, runs the ``on_change``
+    preparers (the new centroids, the keyword index's catch-up) before queries see it. So the
+    query after another process's write costs what any query costs, and a write is seen within
+    ``recheck_s`` plus that preparation. With ``recheck_s`` 0 every query reads the version.
     """
+
+    IDLE_S = 60.0  # a collection not queried for this long is no longer watched
 
     def __init__(self, store: VectorStore, *, recheck_s: float) -> None:
         self.store = store
         self.recheck_s = recheck_s
         self._seen: dict[str, tuple[str, float]] = {}  # collection -> (version, read at)
-        self._checking: set[str] = set()
+        self._asked: dict[str, float] = {}  # collection -> last query
+        self._poller: threading.Thread | None = None
         self._preparers: list[Callable[[str, str], None]] = []
         self._lock = threading.Lock()
 
@@ -102,39 +105,51 @@ class VersionWatch:
         now = time.monotonic()
         with self._lock:
             seen = self._seen.get(collection)
-            stale = seen is not None and now - seen[1] >= self.recheck_s
-            if stale and self.recheck_s > 0 and collection not in self._checking:
-                self._checking.add(collection)
-                threading.Thread(
-                    target=self._check, args=(collection,), name=f"version-{collection}", daemon=True
-                ).start()
-        if seen is not None and (not stale or self.recheck_s > 0):
-            return seen[0]
-        version = self.store.version(collection)
-        with self._lock:
-            self._seen[collection] = (version, now)
-        return version
-
-    def _check(self, collection: str) -> None:
-        try:
-            read_at = time.monotonic()
+            self._asked[collection] = now
+        # read here: the first time, or when the watcher fell behind (a store that is slow to answer)
+        if self.recheck_s <= 0 or seen is None or now - seen[1] > 5 * self.recheck_s + 5:
             version = self.store.version(collection)
             with self._lock:
-                seen = self._seen.get(collection)
-            if seen is not None and seen[0] != version:
-                for prepare in self._preparers:
-                    try:
-                        prepare(collection, version)
-                    except Exception:  # noqa: BLE001 - queries then do it themselves, as on a first use
-                        log.warning("preparing version %s of %r failed", version, collection, exc_info=True)
+                self._seen[collection] = (version, now)
+                if self.recheck_s > 0 and self._poller is None:
+                    self._poller = threading.Thread(target=self._poll, name="version-watch", daemon=True)
+                    self._poller.start()
+            return version
+        return seen[0]
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(self.recheck_s)
+            now = time.monotonic()
             with self._lock:
-                if collection in self._seen:  # not forgotten meanwhile
-                    self._seen[collection] = (version, read_at)
-        except Exception:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
-            log.warning("cannot read the version of %r", collection, exc_info=True)
-        finally:
-            with self._lock:
-                self._checking.discard(collection)
+                for collection in [c for c, t in self._asked.items() if now - t >= self.IDLE_S]:
+                    del self._asked[collection]
+                    self._seen.pop(collection, None)
+                watched = [c for c in self._asked if c in self._seen]
+                if not watched:
+                    self._poller = None
+                    return
+            for collection in watched:
+                self._check(collection)
+
+    def _check(self, collection: str) -> None:
+        read_at = time.monotonic()
+        try:
+            version = self.store.version(collection)
+        except Exception as e:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
+            log.warning("cannot read the version of collection %r: %s", collection, e)
+            return
+        with self._lock:
+            seen = self._seen.get(collection)
+        if seen is not None and seen[0] != version:
+            for prepare in self._preparers:
+                try:
+                    prepare(collection, version)
+                except Exception as e:  # noqa: BLE001 - queries then do it themselves, as on a first use
+                    log.warning("preparing version %s of collection %r failed: %s", version, collection, e)
+        with self._lock:
+            if collection in self._seen:  # not forgotten meanwhile
+                self._seen[collection] = (version, read_at)
 
     def forget(self, collection: str) -> None:
         with self._lock:

@@ -364,3 +364,8 @@ def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkey
     assert on_query_thread == []
     assert set(entry.chunk_ids) <= {h.chunk.id for hits in got for h in hits}
     assert_identical(got, expected(hybrid))
+    # a collection not queried for IDLE_S is no longer watched: its next query reads the version
+    monkeypatch.setattr(hybrid.dense.watch, "IDLE_S", 0.3)
+    time.sleep(1.0)
+    run(hybrid)
+    assert on_query_thread == ["kb1"]
