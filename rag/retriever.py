@@ -295,7 +295,7 @@ class HybridRetriever:
         self.config = config
         self.keyword = KeywordIndexes(store, index_dir)
         dense.watch.on_change(self.keyword.prepare)
-        self._filter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keyword-filter")
+        self._keyword_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyword-search")
 
     def refresh(self, collection: str) -> None:
         self.dense.refresh(collection)
@@ -322,30 +322,32 @@ class HybridRetriever:
         # a filter the index cannot apply: take more keyword hits, keep those the store says match
         depth = top_k if other_filter is None else max(5 * top_k, 100)
         langs = list(languages) if languages is not None else [None] * len(queries)
-        keyword: list[list[tuple[str, float]]] = []
-        for query, language in zip(queries, langs, strict=True):
-            allowed: Collection[str | None] | None = filter_languages
-            if cfg.keyword_scope == "own-language":
-                # unknown query language: no keyword evidence to trust
-                allowed = (
-                    [] if language is None else [lang for lang in [language] if allowed is None or lang in allowed]
-                )
-            if allowed is not None and not allowed:
-                keyword.append([])
-                continue
-            found = index.search(query, language=language, top_k=depth, languages=allowed)
-            ideal = index.ideal_score(query, language)
-            # share of the query matched, in [0, 1]: one common word shared is a small lift
-            keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
 
-        filtering = None
-        if other_filter is not None:
-            # which keyword hits pass the filter is asked while the query is embedded and searched
-            # (two store calls at once: Chroma's client releases the GIL), not after
-            ids = sorted({cid for kw in keyword for cid, _ in kw})
-            filtering = self._filter.submit(
-                lambda: self.store.filter_ids(collection, ids, other_filter) if ids else set()
-            )
+        def keyword_hits() -> tuple[list[list[tuple[str, float]]], set[str] | None]:
+            keyword: list[list[tuple[str, float]]] = []
+            for query, language in zip(queries, langs, strict=True):
+                allowed: Collection[str | None] | None = filter_languages
+                if cfg.keyword_scope == "own-language":
+                    # unknown query language: no keyword evidence to trust
+                    allowed = (
+                        [] if language is None else [lang for lang in [language] if allowed is None or lang in allowed]
+                    )
+                if allowed is not None and not allowed:
+                    keyword.append([])
+                    continue
+                found = index.search(query, language=language, top_k=depth, languages=allowed)
+                ideal = index.ideal_score(query, language)
+                # share of the query matched, in [0, 1]: one common word shared is a small lift
+                keyword.append([(cid, min(score / ideal, 1.0)) for cid, score in found] if ideal > 0 else [])
+            passing = None
+            if other_filter is not None:  # which keyword hits pass the filter the index cannot apply
+                ids = sorted({cid for kw in keyword for cid, _ in kw})
+                passing = self.store.filter_ids(collection, ids, other_filter) if ids else set()
+            return keyword, passing
+
+        # The keyword search runs beside the dense one (embedding the query, Chroma's search:
+        # neither holds the GIL while it works), not after it.
+        searching = self._keyword_pool.submit(keyword_hits)
 
         # The candidates' languages and vectors (for centring), and the shown hits' texts and
         # fields, from the keyword index: Chroma's metadata and vectors cost more than the rest of
@@ -372,8 +374,8 @@ class HybridRetriever:
         pool = self.dense.ranked(
             queries, collection, top_k=top_k, where=where, languages=languages, candidates=candidates
         )
-        if filtering is not None:
-            passing = filtering.result()
+        keyword, passing = searching.result()
+        if passing is not None:
             keyword = [[(cid, s) for cid, s in kw if cid in passing][:top_k] for kw in keyword]
         return shown(
             chunks,
