@@ -84,6 +84,7 @@ class Pipeline:
     def close(self) -> None:
         """Let go of the store, so another process may open an embedded store (the next call
         on this pipeline opens it again). ``with Pipeline(...) as rag:`` closes on leaving."""
+        self.retriever.close()  # its background reads of the store first
         self.store.close()
 
     def __enter__(self) -> Pipeline:

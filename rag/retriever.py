@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
@@ -41,6 +43,11 @@ class Retriever(Protocol):
 
     def refresh(self, collection: str) -> None:
         """``collection`` was just written by this process: bring what is derived from it up to date."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work that uses the store (before the store is closed); the next
+        ``retrieve`` starts it again."""
         ...
 
 
@@ -94,8 +101,21 @@ class VersionWatch:
         self._seen: dict[str, tuple[str, float]] = {}  # collection -> (version, read at)
         self._asked: dict[str, float] = {}  # collection -> last query
         self._poller: threading.Thread | None = None
+        self._stop = threading.Event()  # of the running poller
         self._preparers: list[Callable[[str, str], None]] = []
         self._lock = threading.Lock()
+        _WATCHES.add(self)
+
+    def close(self) -> None:
+        """Stop the poller and wait for it (it must not call a store being closed, nor run while
+        the interpreter exits); the next query reads the version itself and starts it again."""
+        with self._lock:
+            poller, self._poller = self._poller, None
+            self._stop.set()
+            self._seen.clear()
+            self._asked.clear()
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout=30)
 
     def on_change(self, prepare: Callable[[str, str], None]) -> None:
         """``prepare(collection, version)`` runs before queries see a new version of a collection."""
@@ -112,14 +132,16 @@ class VersionWatch:
             with self._lock:
                 self._seen[collection] = (version, now)
                 if self.recheck_s > 0 and self._poller is None:
-                    self._poller = threading.Thread(target=self._poll, name="version-watch", daemon=True)
+                    self._stop = threading.Event()
+                    self._poller = threading.Thread(
+                        target=self._poll, args=(self._stop,), name="version-watch", daemon=True
+                    )
                     self._poller.start()
             return version
         return seen[0]
 
-    def _poll(self) -> None:
-        while True:
-            time.sleep(self.recheck_s)
+    def _poll(self, stop: threading.Event) -> None:
+        while not stop.wait(self.recheck_s):
             now = time.monotonic()
             with self._lock:
                 for collection in [c for c, t in self._asked.items() if now - t >= self.IDLE_S]:
@@ -127,9 +149,12 @@ class VersionWatch:
                     self._seen.pop(collection, None)
                 watched = [c for c in self._asked if c in self._seen]
                 if not watched:
-                    self._poller = None
+                    if not stop.is_set():
+                        self._poller = None
                     return
             for collection in watched:
+                if stop.is_set():
+                    return
                 self._check(collection)
 
     def _check(self, collection: str) -> None:
@@ -154,6 +179,12 @@ class VersionWatch:
     def forget(self, collection: str) -> None:
         with self._lock:
             self._seen.pop(collection, None)
+
+
+_WATCHES: weakref.WeakSet[VersionWatch] = weakref.WeakSet()
+# pollers are daemon threads: stopped and waited for before the interpreter tears down the
+# store's native client under them
+atexit.register(lambda: [watch.close() for watch in list(_WATCHES)])
 
 
 class DenseRetriever:
@@ -181,6 +212,9 @@ class DenseRetriever:
     def refresh(self, collection: str) -> None:
         self.watch.forget(collection)
         self._centroids.pop(collection, None)
+
+    def close(self) -> None:
+        self.watch.close()
 
     def centroids(self, collection: str, *, version: str | None = None) -> Centroids:
         """Of ``version`` (default: the one queries see now), from the store's vector sums."""
@@ -300,6 +334,9 @@ class HybridRetriever:
     def refresh(self, collection: str) -> None:
         self.dense.refresh(collection)
         self.keyword.refresh(collection)
+
+    def close(self) -> None:
+        self.dense.close()
 
     def keyword_index(self, collection: str) -> KeywordIndex:
         return self.keyword.get(collection, self.dense.watch(collection))

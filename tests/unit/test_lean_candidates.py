@@ -369,3 +369,16 @@ def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkey
     time.sleep(1.0)
     run(hybrid)
     assert on_query_thread == ["kb1"]
+    # closed (Pipeline.close does it before closing the store): the poller stops and reads nothing
+    watch = hybrid.dense.watch
+    assert watch._poller is not None and watch._poller.is_alive()
+    poller = watch._poller
+    hybrid.close()
+    assert not poller.is_alive()
+    polled: list[str] = []
+    monkeypatch.setattr(store, "version", lambda name: polled.append(name) or real_version(name))
+    time.sleep(0.6)
+    assert polled == []
+    run(hybrid)  # and the next query starts it again
+    assert polled == ["kb1"] and watch._poller is not None and watch._poller.is_alive()
+    hybrid.close()
