@@ -106,7 +106,7 @@ class VersionWatch:
         self._lock = threading.Lock()
         _WATCHES.add(self)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
         """Stop the poller and wait for it (it must not call a store being closed, nor run while
         the interpreter exits); the next query reads the version itself and starts it again."""
         with self._lock:
@@ -115,7 +115,7 @@ class VersionWatch:
             self._seen.clear()
             self._asked.clear()
         if poller is not None and poller is not threading.current_thread():
-            poller.join(timeout=30)
+            poller.join(timeout=timeout_s)
 
     def on_change(self, prepare: Callable[[str, str], None]) -> None:
         """``prepare(collection, version)`` runs before queries see a new version of a collection."""
@@ -184,7 +184,7 @@ class VersionWatch:
 _WATCHES: weakref.WeakSet[VersionWatch] = weakref.WeakSet()
 # pollers are daemon threads: stopped and waited for before the interpreter tears down the
 # store's native client under them
-atexit.register(lambda: [watch.close() for watch in list(_WATCHES)])
+atexit.register(lambda: [watch.close(timeout_s=5.0) for watch in list(_WATCHES)])
 
 
 class DenseRetriever:
