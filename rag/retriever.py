@@ -160,9 +160,14 @@ class VersionWatch:
     def _check(self, collection: str) -> None:
         read_at = time.monotonic()
         try:
-            version = self.store.version(collection)
+            version = self.store.peek_version(collection)
         except Exception as e:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
             log.warning("cannot read the version of collection %r: %s", collection, e)
+            return
+        if version is None:  # the store was closed (by another user of it): not reopened from here
+            with self._lock:
+                self._seen.pop(collection, None)
+                self._asked.pop(collection, None)
             return
         with self._lock:
             seen = self._seen.get(collection)

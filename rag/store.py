@@ -228,6 +228,10 @@ class VectorStore(Protocol):
         """Changes whenever the collection's content does (a cache key for derived indexes)."""
         ...
 
+    def peek_version(self, name: str) -> str | None:
+        """``version``, or None when the store is closed: never reopens it (for background readers)."""
+        ...
+
     def lease(self, name: str, *, job: str, ttl_s: float, wait_s: float = 0) -> Lease:
         """Hold ``name``'s ingestion lease until the returned Lease is released."""
         ...
@@ -797,6 +801,10 @@ class ChromaStore:
         except ValueError as e:
             raise StoreError(f"filter {dict(where)!r} on collection {name!r} failed: {e}") from e
         return found
+
+    def peek_version(self, name: str) -> str | None:
+        with self._opening:  # a close waits for this read; a closed store stays closed
+            return None if self._client is None else self.version(name)
 
     @_guarded
     def version(self, name: str) -> str:

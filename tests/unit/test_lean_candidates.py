@@ -382,3 +382,24 @@ def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkey
     run(hybrid)  # and the next query starts it again
     assert polled == ["kb1"] and watch._poller is not None and watch._poller.is_alive()
     hybrid.close()
+
+
+def test_a_store_closed_by_one_user_is_not_reopened_by_anothers_watcher(store, tmp_path):
+    import time
+
+    settings = RetrievalConfig(index_recheck_s=0.1)
+    # two pipelines' retrievers on one store (an app's variants of one pipeline share it)
+    first, second = (
+        HybridRetriever(
+            DenseRetriever(HashEmbedder(), store, config=settings), store, settings, index_dir=tmp_path / f"index-{n}"
+        )  # fmt: skip
+        for n in range(2)
+    )
+    run(first), run(second)
+    first.close()
+    store.close()  # the embedded store let go of, e.g. for another process; `second` is not closed
+    time.sleep(0.5)
+    assert store._client is None and store._lock is None  # its watcher did not reopen it
+    assert second.dense.watch._poller is None
+    assert all(len(hits) == 20 for hits in run(second))  # a query does (documented), and watches again
+    second.close()
