@@ -772,25 +772,24 @@ class ChromaStore:
 
     @_guarded
     def get(self, name: str, ids: Sequence[str]) -> list[Chunk]:
-        by_id: dict[str, Chunk] = {}
-        for page in self._pages(list(ids)):
-            got = self._call(name, "get", ids=list(page), include=["documents", "metadatas"])
-            for id_, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
-                by_id[id_] = _chunk(id_, text or "", meta or {})
-        return [by_id[i] for i in ids if i in by_id]
+        return [chunk for chunk, _ in self._read(name, ids, vectors=False)]
 
     @_guarded
     def chunks_with_vectors(self, name: str, ids: Sequence[str]) -> tuple[list[Chunk], np.ndarray]:
-        by_id: dict[str, tuple[Chunk, Any]] = {}
-        for page in self._pages(list(ids)):
-            got = self._call(name, "get", ids=list(page), include=["documents", "metadatas", "embeddings"])
-            for id_, text, meta, vector in zip(
-                got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
-            ):
-                by_id[id_] = (_chunk(id_, text or "", meta or {}), vector)
-        found = [by_id[i] for i in ids if i in by_id]
+        found = self._read(name, ids, vectors=True)
         vectors = np.asarray([v for _, v in found], dtype=np.float32)
         return [c for c, _ in found], vectors.reshape(len(found), -1) if len(found) else np.zeros((0, 0), np.float32)
+
+    def _read(self, name: str, ids: Sequence[str], *, vectors: bool) -> list[tuple[Chunk, Any]]:
+        """(chunk, its stored vector if asked for) of each of ``ids`` found, in their order, a page a call."""
+        include = ["documents", "metadatas", "embeddings"] if vectors else ["documents", "metadatas"]
+        by_id: dict[str, tuple[Chunk, Any]] = {}
+        for page in self._pages(list(ids)):
+            got = self._call(name, "get", ids=list(page), include=include)
+            rows = got["embeddings"] if vectors else [None] * len(got["ids"])
+            for id_, text, meta, vector in zip(got["ids"], got["documents"], got["metadatas"], rows, strict=True):
+                by_id[id_] = (_chunk(id_, text or "", meta or {}), vector)
+        return [by_id[i] for i in ids if i in by_id]
 
     @_guarded
     def filter_ids(self, name: str, ids: Sequence[str], where: Where) -> set[str]:
