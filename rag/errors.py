@@ -67,6 +67,11 @@ class StoreUnavailableError(StoreError):
     the same call may work once it is back, which is why an ingestion job retries it."""
 
 
+class StoreClosedError(StoreError):
+    """A background task (VectorStore.background) found the store closed by its owner: it stops
+    rather than open the store again."""
+
+
 class StoreLockedError(StoreError):
     """The embedded store is open in another process; ``holder`` is what it wrote about itself."""
 

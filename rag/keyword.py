@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag.disk import disk_problem
-from rag.errors import StoreError
+from rag.errors import StoreClosedError, StoreError
 from rag.types import Chunk
 
 if TYPE_CHECKING:
@@ -314,10 +314,10 @@ def tokenize(text: str, language: str | None = None) -> list[str]:
 # chunk's fields stored and its vector in a file beside, so a query reads its candidates here)
 _FORMAT = 4
 _META = "babelrag.json"  # beside tantivy's files: the store version the index reflects
+_GENERATION = "vectors.generation"  # the highest vector-file generation ever used in the folder
 _NO_LANGUAGE = "-"  # the "lang" term of chunks without a language
 _WRITER_HEAP = 64_000_000  # tantivy flushes a segment whenever this much is buffered
 INLINE_BUILD_CHUNKS = 50_000  # a first query builds a missing index itself up to this size (~10 s)
-PREPARE_FILES = 1000  # a change of up to this many files is indexed before queries see it
 COMPACT_VECTOR_ROWS = 50_000  # unused vector rows beyond the live ones (and this many) rebuild the index
 _ROW_BITS = 40  # "vector" fast field: generation << 40 | row (generation 0: no vector)
 _VECTORS = re.compile(r"vectors-(\d+)-(\d+)\.f32")  # vectors-<generation>-<dimension>.f32
@@ -600,10 +600,13 @@ class KeywordIndex:
             if generation not in files:
                 return None
             path, dim = files[generation]
-            rows = path.stat().st_size // (4 * dim)
-            if row >= rows:
+            try:
+                rows = path.stat().st_size // (4 * dim)
+                if row >= rows:
+                    return None
+                mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+            except (OSError, ValueError):  # removed by another process's rebuild since it was listed
                 return None
-            mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
             self._maps[generation] = mapped
             return mapped
 
@@ -684,7 +687,7 @@ class KeywordWriter:
             latest = max(files, default=0)
             # after a clear, a new generation (the old rows stay for readers until the commit)
             if self._cleared or latest == 0 or files[latest][1] != dim or self._vectors is not None:
-                latest += 1
+                latest = _new_generation(self._folder, latest)
             self._vectors = _VectorFile(self._folder / f"vectors-{latest}-{dim}.f32", latest, dim)
         return self._vectors
 
@@ -875,17 +878,20 @@ class KeywordIndexes:
         return changed, keys
 
     def prepare(self, collection: str, version: str) -> None:
-        """Before queries see ``version`` (VersionWatch.on_change): a small change (up to
-        PREPARE_FILES files) is caught up with now, so that the next query finds the index
-        current; a bigger one has its change feed read (``pending``) and is caught up with in the
-        background, while queries take the chunks of the files that changed from the store."""
+        """Before queries see ``version`` (VersionWatch.on_change): the files changed since the
+        version the index reflects are read from the store's change feed (``pending``: one read),
+        so that queries take those files' chunks from the store, never a deleted or replaced one
+        from the index, while it catches up (``catch_up``, after)."""
         with self._lock:
             if not self._applied.get(collection):
                 return  # not in use here yet: the first query opens or builds it
-        pending = self.pending(collection, version)
-        if pending is None or len(pending) <= PREPARE_FILES:
-            self.refresh(collection)
-        else:
+        self.pending(collection, version)
+
+    def catch_up(self, collection: str, version: str) -> None:
+        """After queries see ``version``: the index catches up with it in the background."""
+        with self._lock:
+            in_use = bool(self._applied.get(collection))
+        if in_use and not _covers(self._applied.get(collection), version):
             self._catch_up_in_background(collection)
 
     def forget(self, collection: str) -> None:
@@ -901,7 +907,10 @@ class KeywordIndexes:
 
         def run() -> None:
             try:
-                self.refresh(collection)
+                with self.store.background():
+                    self.refresh(collection)
+            except StoreClosedError:  # let go of by its owner (Pipeline.close): not opened again from here
+                log.debug("keyword index of %r: the store was closed, catch-up stopped", collection)
             except Exception:  # noqa: BLE001 - the next query tries again; queries keep the index they have
                 log.warning("cannot update the keyword index of %r", collection, exc_info=True)
             finally:
@@ -974,7 +983,26 @@ def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
     tmp.replace(folder / _META)
 
 
+def _new_generation(folder: Path, latest: int) -> int:
+    """A vector-file generation never used in ``folder`` (above ``latest``, the highest there now,
+    and every one used before, even if its file is gone): readers cache a mapped file by its
+    generation, so a number reused for another file would hand them the old file's rows. Called
+    under the folder's lock."""
+    mark = folder / _GENERATION
+    try:
+        used = int(mark.read_text("ascii"))
+    except (OSError, ValueError):
+        used = 0
+    generation = max(latest, used) + 1
+    if generation >= 1 << (64 - _ROW_BITS):
+        raise ValueError(f"keyword index {folder}: vector-file generations used up; delete the folder to rebuild it")
+    tmp = folder / f".{_GENERATION}.tmp"
+    tmp.write_text(str(generation), "ascii")
+    tmp.replace(mark)
+    return generation
+
+
 def _wipe(folder: Path) -> None:
     for child in folder.iterdir():
-        if child.name != ".lock":
+        if child.name not in (".lock", _GENERATION):
             shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -18,6 +18,7 @@ import numpy as np
 from rag.centroids import Centroids, VectorSums
 from rag.config import RetrievalConfig
 from rag.embedder import Embedder
+from rag.errors import StoreClosedError
 from rag.keyword import KeywordIndex, KeywordIndexes
 from rag.store import VectorStore, Where
 from rag.trace import substage
@@ -87,10 +88,12 @@ class VersionWatch:
 
     With ``recheck_s`` > 0, a query never waits on it but for the first query of a collection
     (or one after ``IDLE_S`` without queries): a background thread reads the versions of the
-    collections queried lately every ``recheck_s`` and, when one changed, runs the ``on_change``
-    preparers (the new centroids, the keyword index's catch-up) before queries see it. So the
-    query after another process's write costs what any query costs, and a write is seen within
-    ``recheck_s`` plus that preparation. With ``recheck_s`` 0 every query reads the version.
+    collections queried lately every ``recheck_s`` and, when one changed, runs the cheap
+    ``on_change`` preparers (the new centroids, the keyword index's list of changed files: one
+    record each) before queries see it and the slow ones (the keyword index's catch-up) after. So
+    the query after another process's write costs about what any query costs, and a write or a
+    delete is seen within ``recheck_s`` and those reads. With ``recheck_s`` 0 every query reads
+    the version. The thread never opens a store its owner closed (``VectorStore.background``).
     """
 
     IDLE_S = 60.0  # a collection not queried for this long is no longer watched
@@ -102,7 +105,7 @@ class VersionWatch:
         self._asked: dict[str, float] = {}  # collection -> last query
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()  # of the running poller
-        self._preparers: list[Callable[[str, str], None]] = []
+        self._preparers: list[tuple[bool, Callable[[str, str], None]]] = []  # (after publishing, prepare)
         self._lock = threading.Lock()
         _WATCHES.add(self)
 
@@ -117,9 +120,10 @@ class VersionWatch:
         if poller is not None and poller is not threading.current_thread():
             poller.join(timeout=timeout_s)
 
-    def on_change(self, prepare: Callable[[str, str], None]) -> None:
-        """``prepare(collection, version)`` runs before queries see a new version of a collection."""
-        self._preparers.append(prepare)
+    def on_change(self, prepare: Callable[[str, str], None], *, after: bool = False) -> None:
+        """``prepare(collection, version)`` runs before queries see a new version of a collection
+        (it must be quick: every query waits that long for the version), or ``after`` they do."""
+        self._preparers.append((after, prepare))
 
     def __call__(self, collection: str) -> str:
         now = time.monotonic()
@@ -160,26 +164,43 @@ class VersionWatch:
     def _check(self, collection: str) -> None:
         read_at = time.monotonic()
         try:
-            version = self.store.peek_version(collection)
-        except Exception as e:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
-            log.warning("cannot read the version of collection %r: %s", collection, e)
-            return
-        if version is None:  # the store was closed (by another user of it): not reopened from here
+            with self.store.background():
+                self._update(collection, read_at)
+        except StoreClosedError:  # closed by another user of the store: not reopened from here
             with self._lock:
                 self._seen.pop(collection, None)
                 self._asked.pop(collection, None)
-            return
+        except Exception as e:  # noqa: BLE001 - a store that does not answer: queries keep the version they have
+            log.warning("cannot read the version of collection %r: %s", collection, e)
+
+    def _update(self, collection: str, read_at: float) -> None:
+        version = self.store.version(collection)
         with self._lock:
             seen = self._seen.get(collection)
-        if seen is not None and seen[0] != version:
-            for prepare in self._preparers:
-                try:
-                    prepare(collection, version)
-                except Exception as e:  # noqa: BLE001 - queries then do it themselves, as on a first use
-                    log.warning("preparing version %s of collection %r failed: %s", version, collection, e)
+        if seen is None or seen[0] == version:
+            self._publish(collection, version, read_at)
+            return
+        self._prepare(collection, version, after=False)
+        self._publish(collection, version, read_at)
+        self._prepare(collection, version, after=True)
+
+    def _publish(self, collection: str, version: str, read_at: float) -> None:
         with self._lock:
-            if collection in self._seen:  # not forgotten meanwhile
+            seen = self._seen.get(collection)
+            # not forgotten meanwhile, and not older than what a query read itself meanwhile
+            if seen is not None and seen[1] <= read_at:
                 self._seen[collection] = (version, read_at)
+
+    def _prepare(self, collection: str, version: str, *, after: bool) -> None:
+        for when, prepare in self._preparers:
+            if when != after:
+                continue
+            try:
+                prepare(collection, version)
+            except StoreClosedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - queries then do it themselves, as on a first use
+                log.warning("preparing version %s of collection %r failed: %s", version, collection, e)
 
     def forget(self, collection: str) -> None:
         with self._lock:
@@ -334,6 +355,7 @@ class HybridRetriever:
         self.config = config
         self.keyword = KeywordIndexes(store, index_dir)
         dense.watch.on_change(self.keyword.prepare)
+        dense.watch.on_change(self.keyword.catch_up, after=True)
         self._keyword_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyword-search")
 
     def refresh(self, collection: str) -> None:

@@ -46,6 +46,7 @@ from rag.errors import (
     BabelRAGError,
     CollectionNotFoundError,
     IndexMismatchError,
+    StoreClosedError,
     StoreError,
     StoreLockedError,
     StoreUnavailableError,
@@ -228,8 +229,10 @@ class VectorStore(Protocol):
         """Changes whenever the collection's content does (a cache key for derived indexes)."""
         ...
 
-    def peek_version(self, name: str) -> str | None:
-        """``version``, or None when the store is closed: never reopens it (for background readers)."""
+    def background(self) -> contextlib.AbstractContextManager[None]:
+        """Within it, this thread's calls never open the store: on a store closed by its owner
+        they raise StoreClosedError (for background readers and writers of derived state, which
+        must not take a store, or an embedded store's lock, back from whoever let it go)."""
         ...
 
     def lease(self, name: str, *, job: str, ttl_s: float, wait_s: float = 0) -> Lease:
@@ -270,6 +273,7 @@ class ChromaStore:
         self._lock: StoreLock | None = None
         self._opening = threading.RLock()
         self._handles: dict[str, Any] = {}  # collection name -> Chroma handle
+        self._thread = threading.local()  # .background: this thread must not open the store (background())
 
     @property
     def location(self) -> str:
@@ -293,13 +297,19 @@ class ChromaStore:
 
     @property
     def client(self):
-        if self._client is None:
+        client = self._client
+        if client is None:
             self.warm_up()
-        return self._client
+            client = self._client
+        if client is None:  # closed again meanwhile, by another thread
+            raise StoreClosedError(f"{self.location} was closed while this call was under way")
+        return client
 
     def warm_up(self) -> None:
         if self._client is not None:
             return
+        if getattr(self._thread, "background", False):
+            raise StoreClosedError(f"{self.location} is closed; a background task does not open it again")
         with self._opening:  # chromadb's client cache is not safe against two first opens at once
             if self._client is None:
                 self._open()
@@ -801,9 +811,14 @@ class ChromaStore:
             raise StoreError(f"filter {dict(where)!r} on collection {name!r} failed: {e}") from e
         return found
 
-    def peek_version(self, name: str) -> str | None:
-        with self._opening:  # a close waits for this read; a closed store stays closed
-            return None if self._client is None else self.version(name)
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        before = getattr(self._thread, "background", False)
+        self._thread.background = True
+        try:
+            yield
+        finally:
+            self._thread.background = before
 
     @_guarded
     def version(self, name: str) -> str:

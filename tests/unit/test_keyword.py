@@ -348,3 +348,27 @@ def test_vectors_survive_a_failed_write_a_torn_row_and_a_rebuild(tmp_path):
     # sources being rewritten are left to the store
     reader.rewriting = {"/kb/c.md"}
     assert reader.candidates([c.id for c in third]) == {} and reader.chunks([c.id for c in third]) == {}
+
+
+def test_a_rebuild_with_nothing_left_never_reuses_a_generation(tmp_path):
+    """Readers keep a vector file mapped by its generation: a rebuild that empties the index
+    (every file deleted, a collection recreated) removes every vector file, and the next write
+    must not take generation 1 again, or a reader that mapped the old generation 1 serves the
+    old file's rows for the new chunks."""
+    folder = tmp_path / "kw"
+    old, old_vectors = _chunks("/kb/old.md", FACT_TEXTS, seed=1)
+    index = KeywordIndex.open(folder)
+    with index.writing() as writer:
+        writer.add_chunks(old, old_vectors)
+    reader = KeywordIndex.open(folder)  # maps the first file
+    assert _served(reader, old, old_vectors)
+    with index.writing() as writer:  # everything deleted: rebuilt empty, its vector file removed
+        writer.clear()
+    assert not list(folder.glob("vectors-*.f32"))
+    new, new_vectors = _chunks("/kb/new.md", FACT_TEXTS, seed=2)  # same ids' count and rows as before
+    with index.writing() as writer:
+        writer.add_chunks(new, new_vectors)
+    assert [p.name for p in folder.glob("vectors-*.f32")] == [f"vectors-2-{new_vectors.shape[1]}.f32"]
+    reader.reload()
+    assert _served(reader, new, new_vectors)
+    assert _served(KeywordIndex.open(folder), new, new_vectors)

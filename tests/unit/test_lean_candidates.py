@@ -329,7 +329,7 @@ def test_no_queries_and_an_empty_collection(tmp_path):
     store.close()
 
 
-def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkeypatch):
+def test_a_new_version_is_read_in_the_background_and_queries_never_wait(store, tmp_path, monkeypatch):
     import threading
     import time
 
@@ -353,11 +353,11 @@ def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkey
     run(hybrid)  # its version is old: read again in the background, not waited for
     assert on_query_thread == []
     deadline = time.monotonic() + 10
-    while hybrid.dense.watch("kb1") != real_version("kb1") and time.monotonic() < deadline:
+    while not hybrid.keyword.reflects("kb1", real_version("kb1")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    # published only once the keyword index caught up and the centroids were read: the next
-    # query reads nothing but Chroma's ids and scores, and finds the new file
-    assert hybrid.keyword.reflects("kb1", real_version("kb1"))
+    # the version published, the keyword index caught up in the background: the next query
+    # reads nothing but Chroma's ids and scores, and finds the new file
+    assert hybrid.dense.watch("kb1") == real_version("kb1")
     calls = Calls(store, monkeypatch)
     got = run(hybrid)
     assert calls.nearest == [False] and calls.gets == calls.vectors == calls.languages == []
@@ -384,6 +384,52 @@ def test_a_new_version_is_prepared_before_queries_see_it(store, tmp_path, monkey
     hybrid.close()
 
 
+def test_a_file_deleted_by_another_process_is_not_shown_while_the_index_catches_up(store, tmp_path, monkeypatch):
+    """The watcher publishes a new version once it has read the list of files changed since the
+    index's version (one record), not after the index caught up: from then on, a deleted file's
+    chunks are never shown from the index, however long the catch-up takes."""
+    import threading
+    import time
+
+    settings = RetrievalConfig(index_recheck_s=0.1)
+    hybrid = HybridRetriever(DenseRetriever(HashEmbedder(), store, config=settings), store, settings,
+                             index_dir=tmp_path / "index")  # fmt: skip
+    first = run(hybrid)
+    catching_up = threading.Event()
+    release = threading.Event()
+    real_refresh = hybrid.keyword.refresh
+
+    def slow_refresh(collection):  # a big change: the catch-up takes a while
+        catching_up.set()
+        release.wait(20)
+        return real_refresh(collection)
+
+    monkeypatch.setattr(hybrid.keyword, "refresh", slow_refresh)
+    # another process deletes the files of hits the queries show (found by keyword, too)
+    sources = sorted({h.chunk.source for hits in first for h in hits[:5]})
+    gone = {cid for e in store.entries("kb1", sources).values() for cid in e.chunk_ids}
+    CollectionWriter(store, "kb1").delete_sources(sources)
+    try:
+        # within a few rechecks, well before a query would read the version itself (5.5 s)
+        deadline = time.monotonic() + 2
+        while hybrid.dense.watch("kb1") != store.version("kb1") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hybrid.dense.watch("kb1") == store.version("kb1")  # seen, and the index still behind
+        assert catching_up.wait(5) and not hybrid.keyword.reflects("kb1", store.version("kb1"))
+        got = run(hybrid)
+        assert all(len(hits) == 20 for hits in got)
+        assert not {h.chunk.id for hits in got for h in hits} & gone
+        assert_identical(got, expected(hybrid))
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while not hybrid.keyword.reflects("kb1", store.version("kb1")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert hybrid.keyword.reflects("kb1", store.version("kb1"))
+    assert not {h.chunk.id for hits in run(hybrid) for h in hits} & gone
+    hybrid.close()
+
+
 def test_a_store_closed_by_one_user_is_not_reopened_by_anothers_watcher(store, tmp_path):
     import time
 
@@ -403,3 +449,16 @@ def test_a_store_closed_by_one_user_is_not_reopened_by_anothers_watcher(store, t
     assert second.dense.watch._poller is None
     assert all(len(hits) == 20 for hits in run(second))  # a query does (documented), and watches again
     second.close()
+
+
+def test_background_calls_never_open_a_closed_store(store):
+    from rag.errors import StoreClosedError
+
+    version = store.version("kb1")
+    with store.background():  # open: background calls work
+        assert store.version("kb1") == version
+    store.close()
+    with pytest.raises(StoreClosedError, match="closed"), store.background():
+        store.version("kb1")
+    assert store._client is None and store._lock is None
+    assert store.version("kb1") == version  # a call of its owner opens it again
