@@ -107,6 +107,7 @@ def measure(mode: str, sizes: list[int], questions: list[str], source, embedder,
     work = Path(tempfile.mkdtemp(prefix=f"babelrag-scale-{mode}-"))
     chroma, url = start_chroma(work / "server") if mode == "server" else (None, None)
     rows = []
+    rag = plain = None
     try:
         rag, plain = pipelines(mode, work, url, embedder, language)
         store = rag.store
@@ -159,6 +160,9 @@ def measure(mode: str, sizes: list[int], questions: list[str], source, embedder,
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
+        for p in (plain, rag):  # their version watchers stop before the server does
+            if p is not None:
+                p.close()
         if chroma is not None:
             chroma.terminate()
             chroma.wait(timeout=60)
