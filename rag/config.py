@@ -187,8 +187,8 @@ class RetrievalConfig(_Section):
     keyword_weight: float = Field(0.1, ge=0)
     rrf_k: int = Field(60, ge=1)
     # How often a background thread looks whether a queried collection changed (one read of its
-    # version counter, ~1 ms); a change refreshes the centroids and the keyword index before
-    # queries see it. 0: every query reads the version itself (tests).
+    # version counter, ~1 ms); a change refreshes the centroids and the list of changed files
+    # before queries see it, the keyword index after. 0: every query reads the version itself (tests).
     index_recheck_s: float = Field(1.0, ge=0)
     query_cache: int = Field(4096, ge=0)  # query embeddings kept in memory (LRU)
 

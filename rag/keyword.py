@@ -890,8 +890,8 @@ class KeywordIndexes:
     def catch_up(self, collection: str, version: str) -> None:
         """After queries see ``version``: the index catches up with it in the background."""
         with self._lock:
-            in_use = bool(self._applied.get(collection))
-        if in_use and not _covers(self._applied.get(collection), version):
+            applied = self._applied.get(collection)
+        if applied and not _covers(applied, version):  # in use here, and behind
             self._catch_up_in_background(collection)
 
     def forget(self, collection: str) -> None:

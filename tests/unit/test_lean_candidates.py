@@ -12,6 +12,7 @@ that keyword hits within and across languages are common; no model.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -163,6 +164,13 @@ def assert_identical(got: list[list[Hit]], want: list[list[Hit]]) -> None:
 
 def run(retriever, top_k: int = 20):
     return retriever.retrieve([q for q, _ in QUERIES], "kb1", top_k=top_k, languages=[lang for _, lang in QUERIES])
+
+
+def wait_until(condition, seconds: float) -> None:
+    """Poll ``condition`` until it holds or ``seconds`` pass (the caller asserts what it needs)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def expected(hybrid, top_k: int = 20):
@@ -331,7 +339,6 @@ def test_no_queries_and_an_empty_collection(tmp_path):
 
 def test_a_new_version_is_read_in_the_background_and_queries_never_wait(store, tmp_path, monkeypatch):
     import threading
-    import time
 
     settings = RetrievalConfig(index_recheck_s=0.2)
     hybrid = HybridRetriever(DenseRetriever(HashEmbedder(), store, config=settings), store, settings,
@@ -352,9 +359,7 @@ def test_a_new_version_is_read_in_the_background_and_queries_never_wait(store, t
     )  # fmt: skip
     run(hybrid)  # its version is old: read again in the background, not waited for
     assert on_query_thread == []
-    deadline = time.monotonic() + 10
-    while not hybrid.keyword.reflects("kb1", real_version("kb1")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: hybrid.keyword.reflects("kb1", real_version("kb1")), 10)
     # the version published, the keyword index caught up in the background: the next query
     # reads nothing but Chroma's ids and scores, and finds the new file
     assert hybrid.dense.watch("kb1") == real_version("kb1")
@@ -389,7 +394,6 @@ def test_a_file_deleted_by_another_process_is_not_shown_while_the_index_catches_
     index's version (one record), not after the index caught up: from then on, a deleted file's
     chunks are never shown from the index, however long the catch-up takes."""
     import threading
-    import time
 
     settings = RetrievalConfig(index_recheck_s=0.1)
     hybrid = HybridRetriever(DenseRetriever(HashEmbedder(), store, config=settings), store, settings,
@@ -411,9 +415,7 @@ def test_a_file_deleted_by_another_process_is_not_shown_while_the_index_catches_
     CollectionWriter(store, "kb1").delete_sources(sources)
     try:
         # within a few rechecks, well before a query would read the version itself (5.5 s)
-        deadline = time.monotonic() + 2
-        while hybrid.dense.watch("kb1") != store.version("kb1") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: hybrid.dense.watch("kb1") == store.version("kb1"), 2)
         assert hybrid.dense.watch("kb1") == store.version("kb1")  # seen, and the index still behind
         assert catching_up.wait(5) and not hybrid.keyword.reflects("kb1", store.version("kb1"))
         got = run(hybrid)
@@ -422,16 +424,13 @@ def test_a_file_deleted_by_another_process_is_not_shown_while_the_index_catches_
         assert_identical(got, expected(hybrid))
     finally:
         release.set()
-    deadline = time.monotonic() + 10
-    while not hybrid.keyword.reflects("kb1", store.version("kb1")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: hybrid.keyword.reflects("kb1", store.version("kb1")), 10)
     assert hybrid.keyword.reflects("kb1", store.version("kb1"))
     assert not {h.chunk.id for hits in run(hybrid) for h in hits} & gone
     hybrid.close()
 
 
 def test_a_store_closed_by_one_user_is_not_reopened_by_anothers_watcher(store, tmp_path):
-    import time
 
     settings = RetrievalConfig(index_recheck_s=0.1)
     # two pipelines' retrievers on one store (an app's variants of one pipeline share it)
