@@ -31,7 +31,9 @@ THEME = gr.themes.Soft(
 
 
 # The routes that answer questions and searches: server.max_concurrent_requests bounds them together.
-ANSWERING_PATHS = ("/v1/search", "/v1/ask", "/v1/chat", "/v1/chat/completions", "/mcp")
+ANSWERING_PATHS = ("/v1/search", "/v1/ask", "/v1/chat", "/v1/chat/completions")
+# MCP at /mcp: only its tool calls answer; its handshake, listings and notifications are never refused.
+MCP_PATH = "/mcp"
 
 
 def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = None) -> FastAPI:
@@ -58,13 +60,14 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         pipeline,
         access_of=lambda r: tokens.access_of(token_of(r)) if r is not None else None,
         required=tokens.required,
+        path=MCP_PATH,
     )
     observability.install(app, pipeline, authorize)  # GET /metrics (reads), X-Request-ID, access log, request metrics
     ui = WebUI(pipeline)
     blocks = ui.blocks()
     blocks.queue(default_concurrency_limit=s.concurrency)
     rest.install_not_found(app)  # keep last before the UI's mount: it answers every /v1 path no router took
-    app.add_middleware(ConcurrencyLimit, limit=s.max_concurrent_requests, paths=ANSWERING_PATHS)
+    app.add_middleware(ConcurrencyLimit, limit=s.max_concurrent_requests, paths=ANSWERING_PATHS, rpc_paths=(MCP_PATH,))
     gr.mount_gradio_app(
         app,
         blocks,

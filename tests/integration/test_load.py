@@ -26,7 +26,7 @@ from tests.helpers_hostile import ANSWER, LANGUAGES, SENTENCES, numbered
 from tests.helpers_serve import Served, multipart, wait_for_job
 from tests.helpers_web import AppServer
 from tests.integration.test_hostile import good_files
-from tests.integration.test_mcp import http_session
+from tests.integration.test_mcp import http_session, tool_names
 from ui.server import create_app
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
@@ -260,7 +260,10 @@ async def over_the_limit(url: str, llm: FakeLLM, figure) -> None:
     }
     async with http_session(url) as mcp, httpx.AsyncClient(base_url=url, timeout=60) as http:
         holders = [asyncio.create_task(http.post("/v1/ask", json=ask)) for _ in range(2)]
+        deadline = time.perf_counter() + 60
         while len(llm.requests) < 2:  # both answers are being written: every slot is taken
+            ended = [h.result() for h in holders if h.done()]
+            assert not ended and time.perf_counter() < deadline, [(r.status_code, r.text) for r in ended]
             await asyncio.sleep(0.05)
 
         started = time.perf_counter()
@@ -280,6 +283,8 @@ async def over_the_limit(url: str, llm: FakeLLM, figure) -> None:
         except Exception as e:  # noqa: BLE001 -- the SDK raises its error for a refused call; which type is its own
             refused = e
         assert isinstance(refused, Exception) or refused.is_error, refused
+        async with http_session(url) as late:  # a client connecting now still gets its session and tools
+            assert "ask" in await tool_names(late)
         told_s = time.perf_counter() - started
         assert (await http.get("/v1/collections")).status_code == 200  # listings are not limited
 
@@ -294,6 +299,6 @@ async def over_the_limit(url: str, llm: FakeLLM, figure) -> None:
         assert not again.is_error and again.structured_content["answer"] == ANSWER, again
     figure(
         f"reliability: over server.max_concurrent_requests=2, REST ask and search, the OpenAI endpoint and MCP "
-        f"were each told 429 (Retry-After 1 s) within {told_s:.1f} s, hangs 0; the openai client backed off and "
+        f"were each told 429 (Retry-After 1 s) while a new MCP session still opened, within {told_s:.1f} s, hangs 0; the openai client backed off and "
         f"got its answer after {waited:.1f} s, the MCP session answered again"
     )
