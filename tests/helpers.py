@@ -77,13 +77,17 @@ class FakeLLM:
     usage), or a dict: {"status": 503} answers that HTTP error; {"text": ..., "cut_after": n}
     streams n pieces and closes the connection without a finish reason; {"text": ..., "delay_s":
     d} waits d seconds before each piece. The last reply repeats once the script runs out.
-    ``requests`` holds every chat request body; ``closed_early`` counts streams the client closed.
+    ``requests`` holds every chat request body; ``closed_early`` counts streams the client closed;
+    ``peak_streams`` is the most answer streams that were open at the same time.
     """
 
     def __init__(self, *replies, max_model_len: int | None = 4096, piece: int = 4) -> None:
         self.replies = list(replies)
         self.requests: list[dict] = []
         self.closed_early = 0
+        self.peak_streams = 0
+        self._open_streams = 0
+        self._lock = threading.Lock()
         self.max_model_len = max_model_len
         self.piece = piece
         fake = self
@@ -131,6 +135,9 @@ class FakeLLM:
                 event["usage"] = usage
             return f"data: {json.dumps(event)}\n\n".encode()
 
+        with self._lock:
+            self._open_streams += 1
+            self.peak_streams = max(self.peak_streams, self._open_streams)
         try:
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream")
@@ -150,6 +157,9 @@ class FakeLLM:
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.closed_early += 1
+        finally:
+            with self._lock:
+                self._open_streams -= 1
 
 
 class FakeLLMProcess:

@@ -80,9 +80,10 @@ def test_async_iteration_yields_the_text_and_the_trace():
 
 
 def test_many_answers_stream_at_once_in_one_event_loop():
-    """32 answers from a server that takes ~0.6 s per answer wait about as long as one does: the
-    waiting overlaps. (A thread per blocking stream would queue on the default executor, 6 workers
-    on 2 CPUs: ~3 s of waiting.) CPU time is measured apart, with a server that does not wait."""
+    """32 answers from a server that takes ~2.4 s per answer are all streaming at the same time:
+    the server sees 32 streams open at once. (A thread per blocking stream would queue on the
+    default executor, 6 workers on 2 CPUs: at most 6 open at once, ~13 s in all.) Counted at the
+    server, not timed: wall-clock differences on a shared CI machine are noise at this size."""
 
     async def main(n, delay_s):
         with FakeLLM({"text": DE, "delay_s": delay_s}) as fake:  # 24 pieces
@@ -90,13 +91,11 @@ def test_many_answers_stream_at_once_in_one_event_loop():
             t0 = time.perf_counter()
             answers = await asyncio.gather(*(s.aanswer() for s in streams))
             assert all(a.text == DE and a.language == "de" for a in answers)
-            return time.perf_counter() - t0
+            return fake.peak_streams, time.perf_counter() - t0
 
     asyncio.run(main(1, 0))  # warm up the language identifier
-    wait_one = asyncio.run(main(1, 0.025)) - asyncio.run(main(1, 0))
-    wait_many = asyncio.run(main(32, 0.025)) - asyncio.run(main(32, 0))
-    assert wait_one > 0.4
-    assert wait_many < 2 * wait_one, f"32 concurrent answers waited {wait_many:.2f} s, one waited {wait_one:.2f} s"
+    peak, took = asyncio.run(main(32, 0.1))
+    assert peak == 32, f"only {peak} of 32 answers streamed at the same time ({took:.1f} s in all)"
 
 
 def test_async_cancel_stops_the_stream_and_keeps_the_text_so_far():
