@@ -45,7 +45,7 @@ class FakeServer:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -98,7 +98,7 @@ class FakeLLM:
         self._server = FakeServer(respond)
         self.url = self._server.url
 
-    def __enter__(self) -> FakeLLM:
+    def __enter__(self) -> Self:
         self._server.__enter__()
         return self
 
